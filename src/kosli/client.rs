@@ -1,0 +1,510 @@
+//! HTTP to Kosli: bearer auth, our own User-Agent, timeouts, proxies, extra CAs,
+//! and the retries of KOSLI_API.md. Errors keep Kosli's status and message; the
+//! token never leaves the Authorization header.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use reqwest::header::{self, HeaderValue};
+use reqwest::{Method, StatusCode, Url};
+use serde::de::DeserializeOwned;
+
+use super::retry::{self, RetryPolicy};
+use super::types::{AssertOutcome, AssertResponse, CreateEnvironment, Environment};
+use crate::error::{Error, Result};
+
+/// The User-Agent every request carries.
+pub const USER_AGENT: &str = concat!("kosli-operator/", env!("CARGO_PKG_VERSION"));
+
+/// A Kosli API token. Its `Debug` is redacted so it cannot reach a log by accident.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ApiToken(String);
+
+impl ApiToken {
+    pub fn new(token: impl Into<String>) -> Self {
+        Self(token.into().trim().to_owned())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for ApiToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ApiToken(<redacted>)")
+    }
+}
+
+/// Everything needed to talk to Kosli.
+#[derive(Clone, Debug)]
+pub struct KosliConfig {
+    /// `https://app.kosli.com` by default; plain HTTP only for loopback hosts.
+    pub host: String,
+    pub org: String,
+    pub token: ApiToken,
+    /// An explicit proxy for every request (`KOSLI_HTTP_PROXY`); without it the
+    /// standard `HTTPS_PROXY`/`HTTP_PROXY`/`NO_PROXY` variables apply.
+    pub http_proxy: Option<String>,
+    /// Extra PEM CA certificates trusted besides the system's.
+    pub ca_bundle: Option<PathBuf>,
+    pub connect_timeout: Duration,
+    /// Per attempt, from connect to the end of the body.
+    pub request_timeout: Duration,
+    pub retry: RetryPolicy,
+}
+
+impl KosliConfig {
+    pub fn new(host: impl Into<String>, org: impl Into<String>, token: ApiToken) -> Self {
+        Self {
+            host: host.into(),
+            org: org.into(),
+            token,
+            http_proxy: None,
+            ca_bundle: None,
+            connect_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
+            retry: RetryPolicy::default(),
+        }
+    }
+}
+
+/// What ensuring an environment did.
+#[derive(Clone, Debug, PartialEq)]
+pub enum EnsureOutcome {
+    Existed(Environment),
+    Created,
+}
+
+#[derive(Clone, Debug)]
+pub struct KosliClient {
+    http: reqwest::Client,
+    base: Url,
+    org: String,
+    authorization: HeaderValue,
+    retry: RetryPolicy,
+}
+
+/// Kosli is spoken to over HTTPS; plain HTTP only on loopback, where tests run.
+pub fn parse_host(host: &str) -> Result<Url> {
+    let url = Url::parse(host.trim_end_matches('/'))
+        .map_err(|e| Error::Config(format!("KOSLI_HOST {host:?} is not a URL: {e}")))?;
+    match url.scheme() {
+        "https" => {}
+        "http" if is_loopback(&url) => {}
+        "http" => {
+            return Err(Error::Config(format!(
+                "KOSLI_HOST {host:?} is plain HTTP; Kosli is only spoken to over HTTPS \
+                 (plain HTTP is accepted for loopback addresses only)"
+            )));
+        }
+        other => {
+            return Err(Error::Config(format!(
+                "KOSLI_HOST {host:?} has scheme {other:?}; use https://"
+            )));
+        }
+    }
+    if url.cannot_be_a_base() || url.host().is_none() {
+        return Err(Error::Config(format!("KOSLI_HOST {host:?} has no host")));
+    }
+    Ok(url)
+}
+
+fn is_loopback(url: &Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => IpAddr::V4(ip).is_loopback(),
+        Some(url::Host::Ipv6(ip)) => IpAddr::V6(ip).is_loopback(),
+        None => false,
+    }
+}
+
+impl KosliClient {
+    pub fn new(config: &KosliConfig) -> Result<Self> {
+        crate::tls::install_crypto_provider();
+        let base = parse_host(&config.host)?;
+        if config.org.is_empty() {
+            return Err(Error::Config(
+                "a Kosli organization is required (--org or KOSLI_ORG)".to_owned(),
+            ));
+        }
+        if config.token.is_empty() {
+            return Err(Error::Config(
+                "a Kosli API token is required (KOSLI_API_TOKEN or --api-token-file)".to_owned(),
+            ));
+        }
+        let mut authorization = HeaderValue::from_str(&format!("Bearer {}", config.token.0))
+            .map_err(|_| Error::Config("the Kosli API token contains invalid characters".to_owned()))?;
+        authorization.set_sensitive(true);
+
+        let mut builder = reqwest::Client::builder()
+            .user_agent(USER_AGENT)
+            .connect_timeout(config.connect_timeout)
+            .timeout(config.request_timeout)
+            .https_only(base.scheme() == "https");
+        if let Some(proxy) = &config.http_proxy {
+            let proxy = reqwest::Proxy::all(proxy)
+                .map_err(|e| Error::Config(format!("invalid Kosli HTTP proxy {proxy:?}: {e}")))?
+                .no_proxy(reqwest::NoProxy::from_env());
+            builder = builder.proxy(proxy);
+        }
+        if let Some(path) = &config.ca_bundle {
+            let pem = std::fs::read(path).map_err(|source| Error::ReadFile {
+                path: path.clone(),
+                source,
+            })?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+                Error::Config(format!("invalid CA bundle {}: {e}", path.display()))
+            })?;
+            if certs.is_empty() {
+                return Err(Error::Config(format!(
+                    "CA bundle {} holds no PEM certificate",
+                    path.display()
+                )));
+            }
+            builder = builder.tls_certs_merge(certs);
+        }
+        let http = builder
+            .build()
+            .map_err(|e| Error::Config(format!("failed to build the Kosli HTTP client: {}", chain(&e))))?;
+        Ok(Self {
+            http,
+            base,
+            org: config.org.clone(),
+            authorization,
+            retry: config.retry,
+        })
+    }
+
+    /// The link to an environment in Kosli's web app.
+    pub fn environment_url(&self, env: &str) -> String {
+        let mut url = self.base.clone();
+        if let Ok(mut segments) = url.path_segments_mut() {
+            segments.pop_if_empty().extend([self.org.as_str(), "environments", env]);
+        }
+        url.to_string()
+    }
+
+    /// `PUT /api/v2/environments/{org}/{env}/report/K8S` with a prepared body.
+    pub async fn report_k8s(&self, env: &str, body: Vec<u8>) -> Result<()> {
+        let path = ["environments", &self.org, env, "report", "K8S"];
+        self.send(Method::PUT, &path, &[], Some(body)).await.map(drop)
+    }
+
+    /// `GET /api/v2/environments/{org}/{env}`; `None` on 404.
+    pub async fn get_environment(&self, env: &str) -> Result<Option<Environment>> {
+        let path = ["environments", &self.org, env];
+        match self.send(Method::GET, &path, &[], None).await {
+            Ok(bytes) => decode("GET", &path, &bytes).map(Some),
+            Err(Error::KosliStatus { status: 404, .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Makes sure a K8S environment exists: GET, and PUT only on a genuine 404
+    /// (the PUT is an upsert that would overwrite an existing one's settings).
+    /// An environment of another type, `logical` included, is an error.
+    pub async fn ensure_environment(&self, env: &str, description: &str) -> Result<EnsureOutcome> {
+        if let Some(existing) = self.get_environment(env).await? {
+            if existing.kind != "K8S" {
+                return Err(Error::EnvironmentType {
+                    name: env.to_owned(),
+                    found: existing.kind,
+                });
+            }
+            return Ok(EnsureOutcome::Existed(existing));
+        }
+        let body = serde_json::to_vec(&CreateEnvironment {
+            name: env,
+            kind: "K8S",
+            description,
+        })
+        .map_err(|source| Error::Serialize {
+            what: "the environment",
+            source,
+        })?;
+        self.send(Method::PUT, &["environments", &self.org], &[], Some(body))
+            .await?;
+        tracing::info!(environment = env, "created Kosli environment of type K8S");
+        Ok(EnsureOutcome::Created)
+    }
+
+    /// `GET /api/v2/asserts/{org}/fingerprint/{sha256}` for an environment or
+    /// named policies; `Unknown` when Kosli has never seen the fingerprint.
+    pub async fn assert_artifact(
+        &self,
+        fingerprint: &str,
+        environment: Option<&str>,
+        policies: &[String],
+    ) -> Result<AssertOutcome> {
+        if !crate::fingerprint::is_sha256_hex(fingerprint) {
+            return Err(Error::Config(format!(
+                "{fingerprint:?} is not a sha256 fingerprint (64 lowercase hex characters)"
+            )));
+        }
+        let path = ["asserts", &self.org, "fingerprint", fingerprint];
+        let mut query: Vec<(&str, &str)> = Vec::new();
+        if let Some(env) = environment {
+            query.push(("environment_name", env));
+        }
+        query.extend(policies.iter().map(|p| ("policy_name", p.as_str())));
+        match self.send(Method::GET, &path, &query, None).await {
+            Ok(bytes) => decode::<AssertResponse>("GET", &path, &bytes).map(AssertOutcome::Known),
+            Err(Error::KosliStatus { status: 404, .. }) => Ok(AssertOutcome::Unknown),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn url(&self, path: &[&str], query: &[(&str, &str)]) -> Url {
+        let mut url = self.base.clone();
+        if let Ok(mut segments) = url.path_segments_mut() {
+            segments.pop_if_empty().extend(["api", "v2"]).extend(path);
+        }
+        if !query.is_empty() {
+            url.query_pairs_mut().extend_pairs(query);
+        }
+        url
+    }
+
+    /// One logical request: attempts and retries until a final answer.
+    async fn send(
+        &self,
+        method: Method,
+        path: &[&str],
+        query: &[(&str, &str)],
+        body: Option<Vec<u8>>,
+    ) -> Result<bytes::Bytes> {
+        let url = self.url(path, query);
+        let method_name = method_name(&method);
+        let display_path = format!("/api/v2/{}", path.join("/"));
+        let mut retry = 0;
+        loop {
+            let mut request = self
+                .http
+                .request(method.clone(), url.clone())
+                .header(header::AUTHORIZATION, self.authorization.clone())
+                .header(header::ACCEPT, "application/json");
+            if let Some(body) = &body {
+                request = request
+                    .header(header::CONTENT_TYPE, "application/json")
+                    .body(body.clone());
+            }
+            let started = std::time::Instant::now();
+            let (error, retry_after) = match request.send().await {
+                Ok(response) => {
+                    let status = response.status();
+                    let retry_after = response
+                        .headers()
+                        .get(header::RETRY_AFTER)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| retry::parse_retry_after(v, jiff::Timestamp::now()));
+                    match response.bytes().await {
+                        Ok(bytes) if status == StatusCode::OK || status == StatusCode::CREATED => {
+                            tracing::debug!(method = method_name, path = %display_path, status = status.as_u16(),
+                                elapsed_ms = started.elapsed().as_millis() as u64, "Kosli answered");
+                            return Ok(bytes);
+                        }
+                        Ok(bytes) => (
+                            Error::KosliStatus {
+                                method: method_name,
+                                path: display_path.clone(),
+                                status: status.as_u16(),
+                                message: error_message(status, &bytes),
+                            },
+                            retry_after.filter(|_| {
+                                status == StatusCode::TOO_MANY_REQUESTS
+                                    || status == StatusCode::SERVICE_UNAVAILABLE
+                            }),
+                        ),
+                        Err(e) => (transport_error(method_name, &display_path, &e), None),
+                    }
+                }
+                Err(e) => (transport_error(method_name, &display_path, &e), None),
+            };
+            if !error.is_transient() || retry >= self.retry.max_retries {
+                return Err(error);
+            }
+            let delay = match retry_after {
+                Some(asked) => match self.retry.honoured_retry_after(asked) {
+                    Some(delay) => delay,
+                    None => return Err(error),
+                },
+                None => self.retry.backoff(retry, fastrand::f64()),
+            };
+            retry += 1;
+            tracing::warn!(method = method_name, path = %display_path, error = %error,
+                retry, of = self.retry.max_retries, delay_ms = delay.as_millis() as u64,
+                "Kosli request failed, retrying");
+            tokio::time::sleep(delay).await;
+        }
+    }
+}
+
+fn method_name(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::PUT => "PUT",
+        Method::POST => "POST",
+        Method::DELETE => "DELETE",
+        _ => "request",
+    }
+}
+
+fn decode<T: DeserializeOwned>(method: &'static str, path: &[&str], bytes: &[u8]) -> Result<T> {
+    serde_json::from_slice(bytes).map_err(|e| Error::KosliDecode {
+        method,
+        path: format!("/api/v2/{}", path.join("/")),
+        message: e.to_string(),
+    })
+}
+
+/// The most useful text of an error body: Kosli's `message` (with its per-field
+/// `errors`), a bare JSON string, or the start of a non-JSON page.
+fn error_message(status: StatusCode, body: &[u8]) -> String {
+    const MAX: usize = 300;
+    let reason = status.canonical_reason().unwrap_or("error").to_owned();
+    match serde_json::from_slice::<serde_json::Value>(body) {
+        Ok(serde_json::Value::Object(map)) => {
+            let mut message = map
+                .get("message")
+                .and_then(|m| m.as_str())
+                .map_or_else(|| reason.clone(), str::to_owned);
+            if let Some(errors) = map.get("errors").filter(|e| !e.is_null()) {
+                message.push_str(&format!(" (errors: {errors})"));
+            }
+            truncate(message, MAX)
+        }
+        Ok(serde_json::Value::String(s)) if !s.is_empty() => truncate(s, MAX),
+        _ => {
+            let text = String::from_utf8_lossy(body);
+            let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
+            if text.is_empty() {
+                reason
+            } else {
+                truncate(format!("{reason}: {text}"), MAX)
+            }
+        }
+    }
+}
+
+fn truncate(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let mut cut = max;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+        s.push('…');
+    }
+    s
+}
+
+fn transport_error(method: &'static str, path: &str, error: &reqwest::Error) -> Error {
+    Error::KosliTransport {
+        method,
+        path: path.to_owned(),
+        message: chain(error),
+        certificate: is_certificate_error(error),
+    }
+}
+
+/// An error and its sources, joined: reqwest's own message alone says little.
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut message = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        let text = e.to_string();
+        if !message.contains(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+        source = e.source();
+    }
+    message
+}
+
+fn is_certificate_error(error: &reqwest::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = source {
+        if let Some(tls) = e.downcast_ref::<rustls::Error>() {
+            return matches!(
+                tls,
+                rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented
+            );
+        }
+        if let Some(tls) = e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        {
+            return matches!(tls, rustls::Error::InvalidCertificate(_));
+        }
+        source = e.source();
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn https_hosts_are_accepted() {
+        assert!(parse_host("https://app.kosli.com").is_ok());
+        assert!(parse_host("https://app.us.kosli.com/").is_ok());
+    }
+
+    #[test]
+    fn plain_http_is_refused_unless_loopback() {
+        let err = parse_host("http://app.kosli.com").unwrap_err().to_string();
+        assert!(err.contains("plain HTTP"), "{err}");
+        assert!(parse_host("http://10.0.0.1:8080").is_err());
+        for ok in ["http://127.0.0.1:9", "http://127.1.2.3", "http://localhost:80", "http://[::1]:9"] {
+            assert!(parse_host(ok).is_ok(), "{ok}");
+        }
+        assert!(parse_host("ftp://x").is_err());
+        assert!(parse_host("not a url").is_err());
+    }
+
+    #[test]
+    fn urls_keep_a_path_prefix_and_encode_segments() {
+        let config = KosliConfig::new("https://kosli.example.com/prefix/", "my org", ApiToken::new("t"));
+        let client = KosliClient::new(&config).unwrap();
+        assert_eq!(
+            client.url(&["environments", "my org", "prod"], &[("policy_name", "a&b")]).as_str(),
+            "https://kosli.example.com/prefix/api/v2/environments/my%20org/prod?policy_name=a%26b"
+        );
+        assert_eq!(client.environment_url("prod"), "https://kosli.example.com/prefix/my%20org/environments/prod");
+    }
+
+    #[test]
+    fn token_is_redacted_in_debug_output() {
+        let config = KosliConfig::new("https://app.kosli.com", "org", ApiToken::new("s3cret-token"));
+        let client = KosliClient::new(&config).unwrap();
+        assert!(!format!("{config:?}").contains("s3cret"));
+        assert!(!format!("{client:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn missing_org_or_token_are_clear_errors() {
+        let no_org = KosliConfig::new("https://app.kosli.com", "", ApiToken::new("t"));
+        assert!(KosliClient::new(&no_org).unwrap_err().to_string().contains("organization"));
+        let no_token = KosliConfig::new("https://app.kosli.com", "org", ApiToken::new("  "));
+        assert!(KosliClient::new(&no_token).unwrap_err().to_string().contains("API token"));
+    }
+
+    #[test]
+    fn error_messages_from_every_body_shape() {
+        let s = StatusCode::BAD_REQUEST;
+        assert_eq!(error_message(s, br#"{"message":"Input payload validation failed","errors":{"artifacts[0]":"bad"}}"#),
+            r#"Input payload validation failed (errors: {"artifacts[0]":"bad"})"#);
+        assert_eq!(error_message(StatusCode::FORBIDDEN, br#""Denied""#), "Denied");
+        assert_eq!(error_message(StatusCode::BAD_GATEWAY, b"<html><body>\n<h1>502</h1>\n</body></html>"),
+            "Bad Gateway: <html><body> <h1>502</h1> </body></html>");
+        assert_eq!(error_message(StatusCode::SERVICE_UNAVAILABLE, b""), "Service Unavailable");
+        assert_eq!(error_message(s, br#"{"other":1}"#), "Bad Request");
+        assert!(error_message(s, "x".repeat(1000).as_bytes()).chars().count() <= 301);
+    }
+}

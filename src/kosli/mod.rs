@@ -1,0 +1,9 @@
+//! The Kosli HTTP client: reports, environments and asserts (see KOSLI_API.md).
+
+mod client;
+pub mod retry;
+mod types;
+
+pub use client::{ApiToken, EnsureOutcome, KosliClient, KosliConfig};
+pub use retry::RetryPolicy;
+pub use types::{AssertOutcome, AssertResponse, Environment, FlowStatus, PolicyEvaluation};

@@ -1,0 +1,16 @@
+//! kosli-operator: records what runs in a Kubernetes cluster to Kosli and gates
+//! deploys on Kosli compliance.
+//!
+//! Pure decisions (`fingerprint`, `selection`, `snapshot`) are kept apart from
+//! I/O at the edges (`kosli`, `cluster`, `cli`).
+
+pub mod crd;
+pub mod error;
+pub mod fingerprint;
+pub mod pod;
+pub mod selection;
+pub mod snapshot;
+
+pub use error::{Error, Result};
+pub mod kosli;
+pub mod tls;
