@@ -25,9 +25,12 @@ fn default_heartbeat_seconds() -> i64 {
 }
 
 /// Which pods make up a Kosli environment, and how deploys into it are gated.
+// kube's printcolumn(...) repeats keys by design; clippy reads them as duplicates.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[kube(
     group = "kosli.com",
+    doc = "A Kosli environment: which pods of the cluster make it up, and how deploys into it are gated.",
     version = "v1alpha1",
     kind = "KosliEnvironment",
     shortname = "kenv",
@@ -67,7 +70,11 @@ fn default_heartbeat_seconds() -> i64 {
         type_ = "date",
         json_path = ".status.lastReportedAt"
     ),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct KosliEnvironmentSpec {
@@ -319,7 +326,10 @@ mod tests {
             ..Default::default()
         };
         let err = spec.validate().unwrap_err().to_string();
-        assert!(err.contains("invalid include namespace regex \"team-(\""), "{err}");
+        assert!(
+            err.contains("invalid include namespace regex \"team-(\""),
+            "{err}"
+        );
     }
 
     #[test]

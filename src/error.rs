@@ -27,7 +27,10 @@ pub enum Error {
 
     /// A Kubernetes label selector that cannot be evaluated.
     #[error("invalid {field}: {message}")]
-    InvalidSelector { field: &'static str, message: String },
+    InvalidSelector {
+        field: &'static str,
+        message: String,
+    },
 
     #[error("failed to read {}: {source}", path.display())]
     ReadFile {

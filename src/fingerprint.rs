@@ -54,7 +54,11 @@ impl Digest {
             "sha256" => 64,
             "sha384" => 96,
             "sha512" => 128,
-            other => return Err(format!("{s:?} uses the unsupported digest algorithm {other}")),
+            other => {
+                return Err(format!(
+                    "{s:?} uses the unsupported digest algorithm {other}"
+                ));
+            }
         };
         if hex.len() != want || !hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
             return Err(format!(
@@ -131,7 +135,9 @@ impl ImageRef {
             ));
         }
         if !DOMAIN.is_match(registry) {
-            return Err(format!("{reference:?} has an invalid registry {registry:?}"));
+            return Err(format!(
+                "{reference:?} has an invalid registry {registry:?}"
+            ));
         }
         if repository.is_empty() || !repository.split('/').all(|c| PATH_COMPONENT.is_match(c)) {
             return Err(format!(
@@ -163,7 +169,9 @@ impl ImageRef {
 
     /// `registry/repository:tag`, dropping any digest; `None` when untagged.
     pub fn tagged_name(&self) -> Option<String> {
-        self.tag.as_ref().map(|tag| format!("{}:{tag}", self.name()))
+        self.tag
+            .as_ref()
+            .map(|tag| format!("{}:{tag}", self.name()))
     }
 }
 
@@ -219,7 +227,9 @@ impl AnyReference {
         // `sha256:abc` would parse as repository "sha256" tagged "abc"; a known
         // algorithm prefix without a '/' is a (possibly malformed) digest instead.
         let looks_like_digest = !s.contains('/')
-            && ["sha256:", "sha384:", "sha512:"].iter().any(|p| s.starts_with(p));
+            && ["sha256:", "sha384:", "sha512:"]
+                .iter()
+                .any(|p| s.starts_with(p));
         if looks_like_digest {
             return Digest::parse(s).map(AnyReference::Digest);
         }
@@ -234,7 +244,9 @@ pub fn is_named(image: &str) -> bool {
 
 /// Drops the `docker-pullable://` or `docker://` prefix dockershim puts on image IDs.
 pub fn trim_runtime_prefix(image_id: &str) -> &str {
-    image_id.split_once("://").map_or(image_id, |(_, rest)| rest)
+    image_id
+        .split_once("://")
+        .map_or(image_id, |(_, rest)| rest)
 }
 
 /// Where a fingerprint came from, which decides whether CI can ever have attested it.
@@ -306,13 +318,19 @@ mod tests {
     #[test]
     fn image_id_docker_pullable_is_a_registry_digest() {
         let f = parse_image_id(&format!("docker-pullable://nginx@sha256:{HEX}")).unwrap();
-        assert_eq!((f.hex.as_str(), f.kind), (HEX, FingerprintKind::RegistryDigest));
+        assert_eq!(
+            (f.hex.as_str(), f.kind),
+            (HEX, FingerprintKind::RegistryDigest)
+        );
     }
 
     #[test]
     fn image_id_crio_with_registry_port() {
         let f = parse_image_id(&format!("quay.io:443/org/app@sha256:{HEX}")).unwrap();
-        assert_eq!((f.hex.as_str(), f.kind), (HEX, FingerprintKind::RegistryDigest));
+        assert_eq!(
+            (f.hex.as_str(), f.kind),
+            (HEX, FingerprintKind::RegistryDigest)
+        );
     }
 
     #[test]
@@ -336,9 +354,21 @@ mod tests {
     #[test]
     fn image_id_unusable_forms_say_why() {
         assert_eq!(parse_image_id("").unwrap_err(), "empty image ID");
-        assert!(parse_image_id("docker.io/library/nginx:1.25").unwrap_err().contains("has no digest"));
-        assert!(parse_image_id(&format!("sha512:{HEX}{HEX}")).unwrap_err().contains("not sha256"));
-        assert!(parse_image_id("sha256:abc").unwrap_err().contains("unparseable"));
+        assert!(
+            parse_image_id("docker.io/library/nginx:1.25")
+                .unwrap_err()
+                .contains("has no digest")
+        );
+        assert!(
+            parse_image_id(&format!("sha512:{HEX}{HEX}"))
+                .unwrap_err()
+                .contains("not sha256")
+        );
+        assert!(
+            parse_image_id("sha256:abc")
+                .unwrap_err()
+                .contains("unparseable")
+        );
         let upper = HEX.to_uppercase();
         assert!(parse_image_id(&format!("sha256:{upper}")).is_err());
         assert!(parse_image_id(&format!("nginx@sha256:{}", &HEX[..63])).is_err());
@@ -347,18 +377,30 @@ mod tests {
     #[test]
     fn docker_hub_defaults() {
         let r = image("nginx");
-        assert_eq!((r.registry.as_str(), r.repository.as_str()), ("docker.io", "library/nginx"));
+        assert_eq!(
+            (r.registry.as_str(), r.repository.as_str()),
+            ("docker.io", "library/nginx")
+        );
         assert_eq!(r.tag, None);
-        assert_eq!(image("nginx:1.25").tagged_name().as_deref(), Some("docker.io/library/nginx:1.25"));
+        assert_eq!(
+            image("nginx:1.25").tagged_name().as_deref(),
+            Some("docker.io/library/nginx:1.25")
+        );
         assert_eq!(image("bitnami/redis:7").name(), "docker.io/bitnami/redis");
-        assert_eq!(image("index.docker.io/library/nginx:1").name(), "docker.io/library/nginx");
+        assert_eq!(
+            image("index.docker.io/library/nginx:1").name(),
+            "docker.io/library/nginx"
+        );
         assert_eq!(image("docker.io/nginx").name(), "docker.io/library/nginx");
     }
 
     #[test]
     fn registries_with_ports_dots_and_localhost() {
         let r = image("localhost:5000/team/app:v1.2.3");
-        assert_eq!((r.registry.as_str(), r.repository.as_str()), ("localhost:5000", "team/app"));
+        assert_eq!(
+            (r.registry.as_str(), r.repository.as_str()),
+            ("localhost:5000", "team/app")
+        );
         assert_eq!(r.tag.as_deref(), Some("v1.2.3"));
         assert_eq!(image("localhost/app").registry, "localhost");
         assert_eq!(image("ghcr.io/org/sub/app:main").repository, "org/sub/app");
@@ -372,8 +414,14 @@ mod tests {
         let r = image(&format!("nginx:1.25@sha256:{HEX}"));
         assert_eq!(r.tag.as_deref(), Some("1.25"));
         assert_eq!(r.digest.as_ref().map(|d| d.hex.as_str()), Some(HEX));
-        assert_eq!(r.tagged_name().as_deref(), Some("docker.io/library/nginx:1.25"));
-        assert_eq!(r.to_string(), format!("docker.io/library/nginx:1.25@sha256:{HEX}"));
+        assert_eq!(
+            r.tagged_name().as_deref(),
+            Some("docker.io/library/nginx:1.25")
+        );
+        assert_eq!(
+            r.to_string(),
+            format!("docker.io/library/nginx:1.25@sha256:{HEX}")
+        );
         let untagged = image(&format!("nginx@sha256:{HEX}"));
         assert_eq!(untagged.tagged_name(), None);
     }
@@ -409,7 +457,10 @@ mod tests {
 
     #[test]
     fn runtime_prefixes_are_trimmed() {
-        assert_eq!(trim_runtime_prefix("docker-pullable://nginx@sha256:x"), "nginx@sha256:x");
+        assert_eq!(
+            trim_runtime_prefix("docker-pullable://nginx@sha256:x"),
+            "nginx@sha256:x"
+        );
         assert_eq!(trim_runtime_prefix("docker://sha256:x"), "sha256:x");
         assert_eq!(trim_runtime_prefix("nginx"), "nginx");
     }

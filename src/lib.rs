@@ -12,5 +12,11 @@ pub mod selection;
 pub mod snapshot;
 
 pub use error::{Error, Result};
+pub mod cli;
+pub mod cluster;
+pub mod commands;
+pub mod config;
 pub mod kosli;
+pub mod podlist;
+pub mod telemetry;
 pub mod tls;

@@ -105,7 +105,10 @@ pub struct Selection {
     pub containers: ContainerOptions,
 }
 
-fn compile_selector(field: &'static str, selector: Option<LabelSelector>) -> Result<Option<Selector>> {
+fn compile_selector(
+    field: &'static str,
+    selector: Option<LabelSelector>,
+) -> Result<Option<Selector>> {
     selector
         .map(|s| {
             Selector::try_from(s).map_err(|e| Error::InvalidSelector {
@@ -184,11 +187,20 @@ mod tests {
     }
 
     fn filter(inc: &[&str], inc_re: &[&str], exc: &[&str], exc_re: &[&str]) -> NamespaceFilter {
-        NamespaceFilter::new(&strings(inc), &strings(inc_re), &strings(exc), &strings(exc_re)).unwrap()
+        NamespaceFilter::new(
+            &strings(inc),
+            &strings(inc_re),
+            &strings(exc),
+            &strings(exc_re),
+        )
+        .unwrap()
     }
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -236,8 +248,13 @@ mod tests {
             (vec!["a"], vec![], vec![], vec!["b"]),
             (vec![], vec!["a"], vec!["b"], vec![]),
         ] {
-            let err = NamespaceFilter::new(&strings(&inc), &strings(&inc_re), &strings(&exc), &strings(&exc_re))
-                .unwrap_err();
+            let err = NamespaceFilter::new(
+                &strings(&inc),
+                &strings(&inc_re),
+                &strings(&exc),
+                &strings(&exc_re),
+            )
+            .unwrap_err();
             assert!(matches!(err, Error::Config(_)), "{err}");
         }
     }
@@ -246,7 +263,10 @@ mod tests {
     fn bad_regexes_name_their_kind_and_pattern() {
         let err = NamespaceFilter::new(&[], &[], &[], &strings(&["ok", "[unclosed"])).unwrap_err();
         let msg = err.to_string();
-        assert!(msg.starts_with("invalid exclude namespace regex \"[unclosed\""), "{msg}");
+        assert!(
+            msg.starts_with("invalid exclude namespace regex \"[unclosed\""),
+            "{msg}"
+        );
     }
 
     #[test]
@@ -264,7 +284,10 @@ mod tests {
         assert!(sel.needs_namespace_labels());
         assert!(sel.selects_namespace("a", Some(&labels(&[("team", "payments")]))));
         assert!(!sel.selects_namespace("a", Some(&labels(&[("team", "other")]))));
-        assert!(!sel.selects_namespace("a", None), "unknown labels never match a selector");
+        assert!(
+            !sel.selects_namespace("a", None),
+            "unknown labels never match a selector"
+        );
     }
 
     #[test]

@@ -50,7 +50,10 @@ pub struct Snapshot {
 }
 
 /// Builds the report of the given pods, which the caller has already selected.
-pub fn build<'a>(pods: impl IntoIterator<Item = &'a PodRecord>, options: ContainerOptions) -> Snapshot {
+pub fn build<'a>(
+    pods: impl IntoIterator<Item = &'a PodRecord>,
+    options: ContainerOptions,
+) -> Snapshot {
     let mut artifacts = Vec::new();
     let mut warnings = Vec::new();
     let mut fingerprints = BTreeSet::new();

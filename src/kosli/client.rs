@@ -136,7 +136,9 @@ impl KosliClient {
             ));
         }
         let mut authorization = HeaderValue::from_str(&format!("Bearer {}", config.token.0))
-            .map_err(|_| Error::Config("the Kosli API token contains invalid characters".to_owned()))?;
+            .map_err(|_| {
+                Error::Config("the Kosli API token contains invalid characters".to_owned())
+            })?;
         authorization.set_sensitive(true);
 
         let mut builder = reqwest::Client::builder()
@@ -155,9 +157,8 @@ impl KosliClient {
                 path: path.clone(),
                 source,
             })?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
-                Error::Config(format!("invalid CA bundle {}: {e}", path.display()))
-            })?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| Error::Config(format!("invalid CA bundle {}: {e}", path.display())))?;
             if certs.is_empty() {
                 return Err(Error::Config(format!(
                     "CA bundle {} holds no PEM certificate",
@@ -166,9 +167,12 @@ impl KosliClient {
             }
             builder = builder.tls_certs_merge(certs);
         }
-        let http = builder
-            .build()
-            .map_err(|e| Error::Config(format!("failed to build the Kosli HTTP client: {}", chain(&e))))?;
+        let http = builder.build().map_err(|e| {
+            Error::Config(format!(
+                "failed to build the Kosli HTTP client: {}",
+                chain(&e)
+            ))
+        })?;
         Ok(Self {
             http,
             base,
@@ -182,7 +186,9 @@ impl KosliClient {
     pub fn environment_url(&self, env: &str) -> String {
         let mut url = self.base.clone();
         if let Ok(mut segments) = url.path_segments_mut() {
-            segments.pop_if_empty().extend([self.org.as_str(), "environments", env]);
+            segments
+                .pop_if_empty()
+                .extend([self.org.as_str(), "environments", env]);
         }
         url.to_string()
     }
@@ -190,7 +196,9 @@ impl KosliClient {
     /// `PUT /api/v2/environments/{org}/{env}/report/K8S` with a prepared body.
     pub async fn report_k8s(&self, env: &str, body: Vec<u8>) -> Result<()> {
         let path = ["environments", &self.org, env, "report", "K8S"];
-        self.send(Method::PUT, &path, &[], Some(body)).await.map(drop)
+        self.send(Method::PUT, &path, &[], Some(body))
+            .await
+            .map(drop)
     }
 
     /// `GET /api/v2/environments/{org}/{env}`; `None` on 404.
@@ -434,14 +442,14 @@ fn is_certificate_error(error: &reqwest::Error) -> bool {
                 rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented
             );
         }
-        if let Some(tls) = e
+        // io::Error hides what it wraps from source(): look inside, at any depth.
+        source = match e
             .downcast_ref::<std::io::Error>()
             .and_then(|io| io.get_ref())
-            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
         {
-            return matches!(tls, rustls::Error::InvalidCertificate(_));
-        }
-        source = e.source();
+            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+            None => e.source(),
+        };
     }
     false
 }
@@ -461,7 +469,12 @@ mod tests {
         let err = parse_host("http://app.kosli.com").unwrap_err().to_string();
         assert!(err.contains("plain HTTP"), "{err}");
         assert!(parse_host("http://10.0.0.1:8080").is_err());
-        for ok in ["http://127.0.0.1:9", "http://127.1.2.3", "http://localhost:80", "http://[::1]:9"] {
+        for ok in [
+            "http://127.0.0.1:9",
+            "http://127.1.2.3",
+            "http://localhost:80",
+            "http://[::1]:9",
+        ] {
             assert!(parse_host(ok).is_ok(), "{ok}");
         }
         assert!(parse_host("ftp://x").is_err());
@@ -470,18 +483,34 @@ mod tests {
 
     #[test]
     fn urls_keep_a_path_prefix_and_encode_segments() {
-        let config = KosliConfig::new("https://kosli.example.com/prefix/", "my org", ApiToken::new("t"));
+        let config = KosliConfig::new(
+            "https://kosli.example.com/prefix/",
+            "my org",
+            ApiToken::new("t"),
+        );
         let client = KosliClient::new(&config).unwrap();
         assert_eq!(
-            client.url(&["environments", "my org", "prod"], &[("policy_name", "a&b")]).as_str(),
+            client
+                .url(
+                    &["environments", "my org", "prod"],
+                    &[("policy_name", "a&b")]
+                )
+                .as_str(),
             "https://kosli.example.com/prefix/api/v2/environments/my%20org/prod?policy_name=a%26b"
         );
-        assert_eq!(client.environment_url("prod"), "https://kosli.example.com/prefix/my%20org/environments/prod");
+        assert_eq!(
+            client.environment_url("prod"),
+            "https://kosli.example.com/prefix/my%20org/environments/prod"
+        );
     }
 
     #[test]
     fn token_is_redacted_in_debug_output() {
-        let config = KosliConfig::new("https://app.kosli.com", "org", ApiToken::new("s3cret-token"));
+        let config = KosliConfig::new(
+            "https://app.kosli.com",
+            "org",
+            ApiToken::new("s3cret-token"),
+        );
         let client = KosliClient::new(&config).unwrap();
         assert!(!format!("{config:?}").contains("s3cret"));
         assert!(!format!("{client:?}").contains("s3cret"));
@@ -490,21 +519,52 @@ mod tests {
     #[test]
     fn missing_org_or_token_are_clear_errors() {
         let no_org = KosliConfig::new("https://app.kosli.com", "", ApiToken::new("t"));
-        assert!(KosliClient::new(&no_org).unwrap_err().to_string().contains("organization"));
+        assert!(
+            KosliClient::new(&no_org)
+                .unwrap_err()
+                .to_string()
+                .contains("organization")
+        );
         let no_token = KosliConfig::new("https://app.kosli.com", "org", ApiToken::new("  "));
-        assert!(KosliClient::new(&no_token).unwrap_err().to_string().contains("API token"));
+        assert!(
+            KosliClient::new(&no_token)
+                .unwrap_err()
+                .to_string()
+                .contains("API token")
+        );
     }
 
     #[test]
     fn error_messages_from_every_body_shape() {
         let s = StatusCode::BAD_REQUEST;
-        assert_eq!(error_message(s, br#"{"message":"Input payload validation failed","errors":{"artifacts[0]":"bad"}}"#),
-            r#"Input payload validation failed (errors: {"artifacts[0]":"bad"})"#);
-        assert_eq!(error_message(StatusCode::FORBIDDEN, br#""Denied""#), "Denied");
-        assert_eq!(error_message(StatusCode::BAD_GATEWAY, b"<html><body>\n<h1>502</h1>\n</body></html>"),
-            "Bad Gateway: <html><body> <h1>502</h1> </body></html>");
-        assert_eq!(error_message(StatusCode::SERVICE_UNAVAILABLE, b""), "Service Unavailable");
+        assert_eq!(
+            error_message(
+                s,
+                br#"{"message":"Input payload validation failed","errors":{"artifacts[0]":"bad"}}"#
+            ),
+            r#"Input payload validation failed (errors: {"artifacts[0]":"bad"})"#
+        );
+        assert_eq!(
+            error_message(StatusCode::FORBIDDEN, br#""Denied""#),
+            "Denied"
+        );
+        assert_eq!(
+            error_message(
+                StatusCode::BAD_GATEWAY,
+                b"<html><body>\n<h1>502</h1>\n</body></html>"
+            ),
+            "Bad Gateway: <html><body> <h1>502</h1> </body></html>"
+        );
+        assert_eq!(
+            error_message(StatusCode::SERVICE_UNAVAILABLE, b""),
+            "Service Unavailable"
+        );
         assert_eq!(error_message(s, br#"{"other":1}"#), "Bad Request");
-        assert!(error_message(s, "x".repeat(1000).as_bytes()).chars().count() <= 301);
+        assert!(
+            error_message(s, "x".repeat(1000).as_bytes())
+                .chars()
+                .count()
+                <= 301
+        );
     }
 }

@@ -77,11 +77,19 @@ mod tests {
     #[test]
     fn backoff_doubles_from_one_second_and_caps_at_thirty() {
         let p = RetryPolicy::default();
-        let upper: Vec<u64> = (0..7).map(|r| p.backoff(r, 0.999_999).as_millis() as u64).collect();
+        let upper: Vec<u64> = (0..7)
+            .map(|r| p.backoff(r, 0.999_999).as_millis() as u64)
+            .collect();
         assert_eq!(upper, [999, 1999, 3999, 7999, 15999, 29999, 29999]);
-        let lower: Vec<u64> = (0..7).map(|r| p.backoff(r, 0.0).as_millis() as u64).collect();
+        let lower: Vec<u64> = (0..7)
+            .map(|r| p.backoff(r, 0.0).as_millis() as u64)
+            .collect();
         assert_eq!(lower, [500, 1000, 2000, 4000, 8000, 15000, 15000]);
-        assert_eq!(p.backoff(u32::MAX, 0.5), p.backoff(6, 0.5), "huge retry counts stay capped");
+        assert_eq!(
+            p.backoff(u32::MAX, 0.5),
+            p.backoff(6, 0.5),
+            "huge retry counts stay capped"
+        );
     }
 
     #[test]
@@ -105,7 +113,10 @@ mod tests {
     #[test]
     fn retry_after_beyond_the_limit_is_not_honoured() {
         let p = RetryPolicy::default();
-        assert_eq!(p.honoured_retry_after(Duration::from_secs(120)), Some(Duration::from_secs(120)));
+        assert_eq!(
+            p.honoured_retry_after(Duration::from_secs(120)),
+            Some(Duration::from_secs(120))
+        );
         assert_eq!(p.honoured_retry_after(Duration::from_secs(121)), None);
     }
 }

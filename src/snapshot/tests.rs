@@ -34,8 +34,12 @@ fn build_default(pods: &[PodRecord]) -> Snapshot {
 
 #[test]
 fn exact_bytes_of_a_one_pod_report() {
-    let mut v = running("prod", "web-7d9c5b6f7b-x2k4q", "docker.io/library/nginx:1.21.3",
-        &format!("docker.io/library/nginx@sha256:{A}"));
+    let mut v = running(
+        "prod",
+        "web-7d9c5b6f7b-x2k4q",
+        "docker.io/library/nginx:1.21.3",
+        &format!("docker.io/library/nginx@sha256:{A}"),
+    );
     v["metadata"]["ownerReferences"] = json!([{"apiVersion": "apps/v1", "kind": "ReplicaSet",
         "name": "web-7d9c5b6f7b", "uid": "0b6f0c1e-1111-2222-3333-444455556666",
         "controller": true, "blockOwnerDeletion": true}]);
@@ -51,7 +55,10 @@ fn exact_bytes_of_a_one_pod_report() {
     );
     assert_eq!(String::from_utf8(snap.body.clone()).unwrap(), expected);
     assert_eq!(snap.hash, hex::encode(Sha256::digest(expected.as_bytes())));
-    assert_eq!((snap.pod_count, snap.artifact_count, snap.config_id_count), (1, 1, 0));
+    assert_eq!(
+        (snap.pod_count, snap.artifact_count, snap.config_id_count),
+        (1, 1, 0)
+    );
 }
 
 #[test]
@@ -67,39 +74,63 @@ fn only_running_and_failed_pods_are_reported() {
         .iter()
         .enumerate()
         .map(|(i, phase)| {
-            let mut v = running("ns", &format!("p{i}"), "nginx:1", &format!("nginx@sha256:{A}"));
+            let mut v = running(
+                "ns",
+                &format!("p{i}"),
+                "nginx:1",
+                &format!("nginx@sha256:{A}"),
+            );
             v["status"]["phase"] = json!(phase);
             pod(v)
         })
         .collect();
     let snap = build_default(&pods);
-    let names: Vec<String> = body(&snap)["artifacts"].as_array().unwrap().iter()
-        .map(|a| a["podName"].as_str().unwrap().to_owned()).collect();
+    let names: Vec<String> = body(&snap)["artifacts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["podName"].as_str().unwrap().to_owned())
+        .collect();
     assert_eq!(names, ["p0", "p1"]);
     assert!(snap.warnings.is_empty(), "{:?}", snap.warnings);
 }
 
 #[test]
 fn owners_are_null_when_none() {
-    let snap = build_default(&[pod(running("ns", "bare", "nginx:1", &format!("nginx@sha256:{A}")))]);
+    let snap = build_default(&[pod(running(
+        "ns",
+        "bare",
+        "nginx:1",
+        &format!("nginx@sha256:{A}"),
+    ))]);
     assert_eq!(body(&snap)["artifacts"][0]["owners"], Value::Null);
-    assert!(String::from_utf8(snap.body).unwrap().contains(r#""owners":null"#));
+    assert!(
+        String::from_utf8(snap.body)
+            .unwrap()
+            .contains(r#""owners":null"#)
+    );
 }
 
 #[test]
 fn owner_optional_fields_are_left_out_when_absent() {
     let mut v = running("ns", "p", "nginx:1", &format!("nginx@sha256:{A}"));
-    v["metadata"]["ownerReferences"] = json!([{"apiVersion": "batch/v1", "kind": "Job", "name": "j", "uid": "u"}]);
+    v["metadata"]["ownerReferences"] =
+        json!([{"apiVersion": "batch/v1", "kind": "Job", "name": "j", "uid": "u"}]);
     let snap = build_default(&[pod(v)]);
-    assert_eq!(body(&snap)["artifacts"][0]["owners"],
-        json!([{"apiVersion": "batch/v1", "kind": "Job", "name": "j", "uid": "u"}]));
+    assert_eq!(
+        body(&snap)["artifacts"][0]["owners"],
+        json!([{"apiVersion": "batch/v1", "kind": "Job", "name": "j", "uid": "u"}])
+    );
 }
 
 #[test]
 fn creation_timestamp_is_epoch_seconds() {
     let mut v = running("ns", "p", "nginx:1", &format!("nginx@sha256:{A}"));
     v["metadata"]["creationTimestamp"] = json!("1970-01-02T00:00:01Z");
-    assert_eq!(body(&build_default(&[pod(v)]))["artifacts"][0]["creationTimestamp"], json!(86401));
+    assert_eq!(
+        body(&build_default(&[pod(v)]))["artifacts"][0]["creationTimestamp"],
+        json!(86401)
+    );
 }
 
 #[test]
@@ -110,35 +141,77 @@ fn artifacts_sorted_by_namespace_then_pod_name() {
         pod(running("a", "m", "nginx:1", &format!("nginx@sha256:{A}"))),
     ];
     let snap = build_default(&pods);
-    let order: Vec<(String, String)> = body(&snap)["artifacts"].as_array().unwrap().iter()
-        .map(|a| (a["namespace"].as_str().unwrap().into(), a["podName"].as_str().unwrap().into()))
+    let order: Vec<(String, String)> = body(&snap)["artifacts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            (
+                a["namespace"].as_str().unwrap().into(),
+                a["podName"].as_str().unwrap().into(),
+            )
+        })
         .collect();
-    assert_eq!(order, [("a".into(), "m".into()), ("a".into(), "z".into()), ("b".into(), "a".into())]);
+    assert_eq!(
+        order,
+        [
+            ("a".into(), "m".into()),
+            ("a".into(), "z".into()),
+            ("b".into(), "a".into())
+        ]
+    );
     let mut reversed = pods.clone();
     reversed.reverse();
-    assert_eq!(build_default(&reversed).hash, snap.hash, "input order must not change the hash");
+    assert_eq!(
+        build_default(&reversed).hash,
+        snap.hash,
+        "input order must not change the hash"
+    );
 }
 
 #[test]
 fn hash_changes_when_a_digest_changes() {
-    let one = build_default(&[pod(running("ns", "p", "nginx:1", &format!("nginx@sha256:{A}")))]);
-    let two = build_default(&[pod(running("ns", "p", "nginx:1", &format!("nginx@sha256:{B}")))]);
+    let one = build_default(&[pod(running(
+        "ns",
+        "p",
+        "nginx:1",
+        &format!("nginx@sha256:{A}"),
+    ))]);
+    let two = build_default(&[pod(running(
+        "ns",
+        "p",
+        "nginx:1",
+        &format!("nginx@sha256:{B}"),
+    ))]);
     assert_ne!(one.hash, two.hash);
 }
 
 #[test]
 fn every_image_id_form_gives_its_digest() {
     let forms = [
-        (format!("docker.io/library/nginx@sha256:{A}"), FingerprintKind::RegistryDigest),
-        (format!("docker-pullable://nginx@sha256:{A}"), FingerprintKind::RegistryDigest),
-        (format!("quay.io/org/app@sha256:{A}"), FingerprintKind::RegistryDigest),
+        (
+            format!("docker.io/library/nginx@sha256:{A}"),
+            FingerprintKind::RegistryDigest,
+        ),
+        (
+            format!("docker-pullable://nginx@sha256:{A}"),
+            FingerprintKind::RegistryDigest,
+        ),
+        (
+            format!("quay.io/org/app@sha256:{A}"),
+            FingerprintKind::RegistryDigest,
+        ),
         (format!("docker://sha256:{A}"), FingerprintKind::ConfigId),
         (format!("sha256:{A}"), FingerprintKind::ConfigId),
         (A.to_owned(), FingerprintKind::ConfigId),
     ];
     for (image_id, kind) in forms {
         let snap = build_default(&[pod(running("ns", "p", "app:1", &image_id))]);
-        assert_eq!(body(&snap)["artifacts"][0]["digests"]["app:1"], json!(A), "{image_id}");
+        assert_eq!(
+            body(&snap)["artifacts"][0]["digests"]["app:1"],
+            json!(A),
+            "{image_id}"
+        );
         let want_config = usize::from(kind == FingerprintKind::ConfigId);
         assert_eq!(snap.config_id_count, want_config, "{image_id}");
     }
@@ -146,25 +219,46 @@ fn every_image_id_form_gives_its_digest() {
 
 #[test]
 fn bare_id_status_image_falls_back_to_normalised_spec_image() {
-    let mut v = running("ns", "p", "nginx:1.25", &format!("docker.io/library/nginx@sha256:{A}"));
+    let mut v = running(
+        "ns",
+        "p",
+        "nginx:1.25",
+        &format!("docker.io/library/nginx@sha256:{A}"),
+    );
     v["status"]["containerStatuses"][0]["image"] = json!(format!("sha256:{B}"));
     let snap = build_default(&[pod(v)]);
-    assert_eq!(body(&snap)["artifacts"][0]["digests"], json!({"docker.io/library/nginx:1.25": A}));
+    assert_eq!(
+        body(&snap)["artifacts"][0]["digests"],
+        json!({"docker.io/library/nginx:1.25": A})
+    );
 }
 
 #[test]
 fn spec_image_with_tag_and_digest_drops_the_digest_from_the_name() {
     let spec = format!("registry.example.com/team/app:v2@sha256:{A}");
-    let mut v = running("ns", "p", &spec, &format!("registry.example.com/team/app@sha256:{A}"));
+    let mut v = running(
+        "ns",
+        "p",
+        &spec,
+        &format!("registry.example.com/team/app@sha256:{A}"),
+    );
     v["status"]["containerStatuses"][0]["image"] = json!(format!("sha256:{B}"));
     let snap = build_default(&[pod(v)]);
-    assert_eq!(body(&snap)["artifacts"][0]["digests"], json!({"registry.example.com/team/app:v2": A}));
+    assert_eq!(
+        body(&snap)["artifacts"][0]["digests"],
+        json!({"registry.example.com/team/app:v2": A})
+    );
 }
 
 #[test]
 fn digest_pinned_spec_image_falls_back_to_the_image_id_name() {
     let spec = format!("nginx@sha256:{A}");
-    let mut v = running("ns", "p", &spec, &format!("docker.io/library/nginx@sha256:{A}"));
+    let mut v = running(
+        "ns",
+        "p",
+        &spec,
+        &format!("docker.io/library/nginx@sha256:{A}"),
+    );
     v["status"]["containerStatuses"][0]["image"] = json!(format!("sha256:{B}"));
     let snap = build_default(&[pod(v)]);
     let key = format!("docker.io/library/nginx@sha256:{A}");
@@ -183,15 +277,23 @@ fn with_nothing_readable_the_status_image_is_kept() {
 #[test]
 fn container_without_image_id_is_skipped_with_a_warning() {
     let mut v = running("ns", "p", "nginx:1", &format!("nginx@sha256:{A}"));
-    v["spec"]["containers"] = json!([{"name": "app", "image": "nginx:1"}, {"name": "pulling", "image": "busybox:1"}]);
+    v["spec"]["containers"] =
+        json!([{"name": "app", "image": "nginx:1"}, {"name": "pulling", "image": "busybox:1"}]);
     v["status"]["containerStatuses"] = json!([
         {"name": "app", "image": "docker.io/library/nginx:1", "imageID": format!("docker.io/library/nginx@sha256:{A}"), "ready": true, "restartCount": 0},
         {"name": "pulling", "image": "busybox:1", "imageID": "", "ready": false, "restartCount": 0}
     ]);
     let snap = build_default(&[pod(v)]);
-    assert_eq!(body(&snap)["artifacts"][0]["digests"], json!({"docker.io/library/nginx:1": A}));
+    assert_eq!(
+        body(&snap)["artifacts"][0]["digests"],
+        json!({"docker.io/library/nginx:1": A})
+    );
     assert_eq!(snap.warnings.len(), 1);
-    assert!(snap.warnings[0].contains("pulling (empty image ID)"), "{:?}", snap.warnings);
+    assert!(
+        snap.warnings[0].contains("pulling (empty image ID)"),
+        "{:?}",
+        snap.warnings
+    );
 }
 
 #[test]
@@ -201,7 +303,11 @@ fn pod_without_any_digest_is_skipped_not_fatal() {
     let snap = build_default(&[pod(broken), pod(fine)]);
     assert_eq!(snap.pod_count, 1);
     assert_eq!(body(&snap)["artifacts"][0]["podName"], json!("fine"));
-    assert!(snap.warnings[0].starts_with("skipping Running pod broken in namespace ns"), "{:?}", snap.warnings);
+    assert!(
+        snap.warnings[0].starts_with("skipping Running pod broken in namespace ns"),
+        "{:?}",
+        snap.warnings
+    );
 }
 
 #[test]
@@ -221,7 +327,13 @@ fn same_image_twice_gives_one_key() {
     second["name"] = json!("again");
     v["status"]["containerStatuses"] = json!([status, second]);
     let snap = build_default(&[pod(v)]);
-    assert_eq!(body(&snap)["artifacts"][0]["digests"].as_object().unwrap().len(), 1);
+    assert_eq!(
+        body(&snap)["artifacts"][0]["digests"]
+            .as_object()
+            .unwrap()
+            .len(),
+        1
+    );
     assert_eq!(snap.artifact_count, 1);
 }
 
@@ -247,13 +359,32 @@ fn sidecars_and_ephemeral_containers_are_opt_in() {
     let p = pod_with_sidecar_init_and_ephemeral();
     let keys = |options| -> Vec<String> {
         let snap = build(std::slice::from_ref(&p), options);
-        body(&snap)["artifacts"][0]["digests"].as_object().unwrap().keys().cloned().collect()
+        body(&snap)["artifacts"][0]["digests"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect()
     };
     assert_eq!(keys(ContainerOptions::default()), ["app:1"]);
-    assert_eq!(keys(ContainerOptions { include_sidecars: true, include_ephemeral: false }),
-        ["app:1", "docker.io/library/envoy:1"]);
-    assert_eq!(keys(ContainerOptions { include_sidecars: true, include_ephemeral: true }),
-        ["app:1", "docker.io/library/busybox:1", "docker.io/library/envoy:1"]);
+    assert_eq!(
+        keys(ContainerOptions {
+            include_sidecars: true,
+            include_ephemeral: false
+        }),
+        ["app:1", "docker.io/library/envoy:1"]
+    );
+    assert_eq!(
+        keys(ContainerOptions {
+            include_sidecars: true,
+            include_ephemeral: true
+        }),
+        [
+            "app:1",
+            "docker.io/library/busybox:1",
+            "docker.io/library/envoy:1"
+        ]
+    );
 }
 
 #[test]
@@ -270,5 +401,8 @@ fn config_ids_are_counted_once_per_fingerprint() {
         pod(running("ns", "c", "nginx:1", &format!("nginx@sha256:{B}"))),
     ];
     let snap = build_default(&pods);
-    assert_eq!((snap.pod_count, snap.artifact_count, snap.config_id_count), (3, 2, 1));
+    assert_eq!(
+        (snap.pod_count, snap.artifact_count, snap.config_id_count),
+        (3, 2, 1)
+    );
 }

@@ -1,0 +1,545 @@
+//! The Kosli client against the strict loopback fake: happy paths, the contract
+//! checks the fake enforces, every misbehaviour and where retries must stop.
+
+#![allow(clippy::unwrap_used)] // tests may panic on what they do not expect
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use kosli_operator::Error;
+use kosli_operator::kosli::{
+    ApiToken, AssertOutcome, EnsureOutcome, KosliClient, KosliConfig, RetryPolicy,
+};
+use serde_json::json;
+use support::fake_kosli::{FakeKosli, ORG, Scripted, TOKEN};
+
+const HEX: &str = "644a70516a26004c97d0d85c7fe1d0c3a67ea8ab7ddf4aff193d9f301670cf36";
+
+fn config(url: &str) -> KosliConfig {
+    let mut config = KosliConfig::new(url, ORG, ApiToken::new(TOKEN));
+    config.retry = RetryPolicy {
+        max_retries: 3,
+        base: Duration::from_millis(10),
+        cap: Duration::from_millis(40),
+        max_retry_after: Duration::from_secs(5),
+    };
+    config.request_timeout = Duration::from_secs(5);
+    config
+}
+
+fn client(fake: &FakeKosli) -> KosliClient {
+    KosliClient::new(&config(&fake.url)).expect("client")
+}
+
+fn report_body() -> Vec<u8> {
+    format!(
+        r#"{{"artifacts":[{{"podName":"p","namespace":"ns","digests":{{"nginx:1":"{HEX}"}},"creationTimestamp":1,"owners":null}}]}}"#
+    )
+    .into_bytes()
+}
+
+#[tokio::test]
+async fn report_arrives_with_auth_user_agent_and_exact_body() {
+    let fake = FakeKosli::start().await;
+    fake.add_environment("prod", "K8S");
+    client(&fake)
+        .report_k8s("prod", report_body())
+        .await
+        .expect("report accepted");
+    let requests = fake.requests();
+    assert_eq!(requests.len(), 1);
+    let r = &requests[0];
+    assert_eq!(
+        (r.method.as_str(), r.path.as_str()),
+        ("PUT", "/api/v2/environments/acme/prod/report/K8S")
+    );
+    assert_eq!(r.body, report_body());
+    assert_eq!(
+        r.headers["authorization"],
+        format!("Bearer {TOKEN}").as_str()
+    );
+    assert_eq!(r.headers["content-type"], "application/json");
+    let agent = r.headers["user-agent"].to_str().unwrap();
+    assert_eq!(
+        agent,
+        format!("kosli-operator/{}", env!("CARGO_PKG_VERSION"))
+    );
+    assert_eq!(fake.reports("prod").len(), 1);
+}
+
+#[tokio::test]
+async fn strict_contract_rejects_unknown_fields_and_bad_digests() {
+    let fake = FakeKosli::start().await;
+    fake.add_environment("prod", "K8S");
+    let c = client(&fake);
+    let unknown = br#"{"artifacts":[],"type":"K8S"}"#.to_vec();
+    let err = c.report_k8s("prod", unknown).await.unwrap_err();
+    let text = err.to_string();
+    assert_eq!(err.kosli_status(), Some(400), "{text}");
+    assert!(
+        text.contains("Input payload validation failed") && text.contains("'type' was unexpected"),
+        "{text}"
+    );
+
+    let bad_digest = format!(
+        r#"{{"artifacts":[{{"podName":"p","namespace":"ns","digests":{{"nginx:1":"sha256:{HEX}"}},"creationTimestamp":1,"owners":null}}]}}"#
+    );
+    let err = c
+        .report_k8s("prod", bad_digest.into_bytes())
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("artifacts[0].digests.nginx:1"),
+        "{err}"
+    );
+
+    let wrong_type = br#"{"artifacts":[{"podName":"p","namespace":"ns","digests":{},"creationTimestamp":"1","owners":null}]}"#;
+    let err = c.report_k8s("prod", wrong_type.to_vec()).await.unwrap_err();
+    assert!(
+        err.to_string().contains("is not of type 'integer'"),
+        "{err}"
+    );
+    assert_eq!(fake.requests().len(), 3, "a 400 is final: no retries");
+    assert!(fake.reports("prod").is_empty());
+}
+
+#[tokio::test]
+async fn wrong_token_is_a_final_401_and_the_token_never_shows() {
+    let fake = FakeKosli::start().await;
+    fake.add_environment("prod", "K8S");
+    let mut cfg = config(&fake.url);
+    cfg.token = ApiToken::new("wrong-token-value");
+    let err = KosliClient::new(&cfg)
+        .unwrap()
+        .report_k8s("prod", report_body())
+        .await
+        .unwrap_err();
+    assert_eq!(err.kosli_status(), Some(401));
+    assert!(!err.is_transient());
+    let shown = format!("{err} {err:?}");
+    assert!(!shown.contains("wrong-token-value"), "{shown}");
+    assert_eq!(fake.requests().len(), 1);
+}
+
+#[tokio::test]
+async fn retries_429_honouring_retry_after() {
+    let fake = FakeKosli::start().await;
+    fake.add_environment("prod", "K8S");
+    fake.script([Scripted::status(429, "Too many requests").retry_after("1")]);
+    let started = Instant::now();
+    client(&fake)
+        .report_k8s("prod", report_body())
+        .await
+        .expect("accepted after the retry");
+    let requests = fake.requests();
+    assert_eq!(requests.len(), 2);
+    let gap = requests[1].at - requests[0].at;
+    assert!(
+        gap >= Duration::from_millis(950),
+        "waited only {gap:?} despite Retry-After: 1"
+    );
+    assert!(started.elapsed() < Duration::from_secs(4));
+}
+
+#[tokio::test]
+async fn retry_after_as_http_date_is_honoured() {
+    let fake = FakeKosli::start().await;
+    fake.add_environment("prod", "K8S");
+    let soon = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(2);
+    let date = jiff::fmt::rfc2822::DateTimePrinter::new()
+        .timestamp_to_rfc9110_string(&soon)
+        .unwrap();
+    fake.script([Scripted::status(503, "maintenance").retry_after(&date)]);
+    client(&fake)
+        .report_k8s("prod", report_body())
+        .await
+        .expect("accepted after the retry");
+    let requests = fake.requests();
+    assert_eq!(requests.len(), 2);
+    assert!(requests[1].at - requests[0].at >= Duration::from_millis(900));
+}
+
+#[tokio::test]
+async fn retry_after_beyond_the_limit_fails_now() {
+    let fake = FakeKosli::start().await;
+    fake.add_environment("prod", "K8S");
+    fake.script([Scripted::status(429, "slow down").retry_after("3600")]);
+    let err = client(&fake)
+        .report_k8s("prod", report_body())
+        .await
+        .unwrap_err();
+    assert_eq!(err.kosli_status(), Some(429));
+    assert_eq!(fake.requests().len(), 1);
+}
+
+#[tokio::test]
+async fn retries_5xx_and_409_then_succeeds() {
+    let fake = FakeKosli::start().await;
+    fake.add_environment("prod", "K8S");
+    fake.script([
+        Scripted::status(500, "boom"),
+        Scripted::page(502, "<html><body><h1>502 Bad Gateway</h1></body></html>"),
+        Scripted::status(409, "locked"),
+    ]);
+    client(&fake)
+        .report_k8s("prod", report_body())
+        .await
+        .expect("fourth attempt accepted");
+    assert_eq!(fake.requests().len(), 4);
+    assert_eq!(fake.reports("prod").len(), 1);
+}
+
+#[tokio::test]
+async fn retries_stop_after_the_maximum_and_the_error_names_status_and_message() {
+    let fake = FakeKosli::start().await;
+    fake.add_environment("prod", "K8S");
+    fake.script(std::iter::repeat_n(
+        Scripted::page(503, "<html><body>upstream unavailable</body></html>"),
+        10,
+    ));
+    let err = client(&fake)
+        .report_k8s("prod", report_body())
+        .await
+        .unwrap_err();
+    assert_eq!(fake.requests().len(), 4, "1 attempt + 3 retries");
+    let text = err.to_string();
+    assert!(
+        text.starts_with(
+            "Kosli PUT /api/v2/environments/acme/prod/report/K8S failed with HTTP 503"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("upstream unavailable"), "{text}");
+    assert!(err.is_transient());
+}
+
+#[tokio::test]
+async fn zero_retries_means_one_attempt() {
+    let fake = FakeKosli::start().await;
+    fake.add_environment("prod", "K8S");
+    fake.script([Scripted::status(500, "boom")]);
+    let mut cfg = config(&fake.url);
+    cfg.retry.max_retries = 0;
+    assert!(
+        KosliClient::new(&cfg)
+            .unwrap()
+            .report_k8s("prod", report_body())
+            .await
+            .is_err()
+    );
+    assert_eq!(fake.requests().len(), 1);
+}
+
+#[tokio::test]
+async fn not_implemented_and_other_4xx_are_final() {
+    for (status, msg) in [
+        (501, "Not Implemented"),
+        (403, "Denied"),
+        (422, "unprocessable"),
+    ] {
+        let fake = FakeKosli::start().await;
+        fake.add_environment("prod", "K8S");
+        fake.script([Scripted::status(status, msg)]);
+        let err = client(&fake)
+            .report_k8s("prod", report_body())
+            .await
+            .unwrap_err();
+        assert_eq!(err.kosli_status(), Some(status));
+        assert!(err.to_string().contains(msg));
+        assert_eq!(
+            fake.requests().len(),
+            1,
+            "HTTP {status} must not be retried"
+        );
+    }
+}
+
+#[tokio::test]
+async fn bare_json_string_errors_are_kept() {
+    let fake = FakeKosli::start().await;
+    let mut denied = Scripted::status(403, "");
+    denied.body = "\"Denied\"".into();
+    fake.script([denied]);
+    let err = client(&fake)
+        .report_k8s("prod", report_body())
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().ends_with("failed with HTTP 403: Denied"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn slow_answers_time_out_and_are_retried() {
+    let fake = FakeKosli::start().await;
+    fake.add_environment("prod", "K8S");
+    fake.script([Scripted::slow(Duration::from_secs(3))]);
+    let mut cfg = config(&fake.url);
+    cfg.request_timeout = Duration::from_millis(300);
+    KosliClient::new(&cfg)
+        .unwrap()
+        .report_k8s("prod", report_body())
+        .await
+        .expect("second attempt in time");
+    assert_eq!(fake.requests().len(), 2);
+}
+
+#[tokio::test]
+async fn unreachable_kosli_is_a_transport_error_after_retries() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    drop(listener);
+    let err = KosliClient::new(&config(&url))
+        .unwrap()
+        .report_k8s("prod", report_body())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::KosliTransport { .. }), "{err:?}");
+    assert!(
+        err.to_string()
+            .starts_with("Kosli PUT /api/v2/environments/acme/prod/report/K8S failed:"),
+        "{err}"
+    );
+    assert!(err.is_transient());
+}
+
+#[tokio::test]
+async fn report_to_a_missing_environment_is_404() {
+    let fake = FakeKosli::start().await;
+    let err = client(&fake)
+        .report_k8s("nowhere", report_body())
+        .await
+        .unwrap_err();
+    assert_eq!(err.kosli_status(), Some(404));
+    assert!(err.to_string().contains("does not exist"));
+}
+
+#[tokio::test]
+async fn ensure_creates_only_on_a_genuine_404() {
+    let fake = FakeKosli::start().await;
+    let c = client(&fake);
+    assert_eq!(
+        c.ensure_environment("fresh", "made by a test")
+            .await
+            .unwrap(),
+        EnsureOutcome::Created
+    );
+    let created = fake.state().environments["fresh"].clone();
+    assert_eq!(
+        (created.kind.as_str(), created.description.as_str()),
+        ("K8S", "made by a test")
+    );
+    let put = fake
+        .requests()
+        .into_iter()
+        .find(|r| r.method == "PUT")
+        .unwrap();
+    assert_eq!(put.path, "/api/v2/environments/acme");
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&put.body).unwrap(),
+        json!({"name": "fresh", "type": "K8S", "description": "made by a test"})
+    );
+
+    let before = fake.requests().len();
+    assert!(matches!(
+        c.ensure_environment("fresh", "other").await.unwrap(),
+        EnsureOutcome::Existed(_)
+    ));
+    let after: Vec<_> = fake.requests()[before..]
+        .iter()
+        .map(|r| r.method.clone())
+        .collect();
+    assert_eq!(after, ["GET"], "an existing environment is never PUT");
+    assert_eq!(
+        fake.state().environments["fresh"].description,
+        "made by a test"
+    );
+}
+
+#[tokio::test]
+async fn ensure_refuses_other_types_and_logical() {
+    let fake = FakeKosli::start().await;
+    fake.add_environment("servers", "server");
+    fake.add_environment("all-prod", "logical");
+    let c = client(&fake);
+    let err = c.ensure_environment("servers", "").await.unwrap_err();
+    assert!(
+        err.to_string().contains("exists with type \"server\""),
+        "{err}"
+    );
+    let err = c.ensure_environment("all-prod", "").await.unwrap_err();
+    assert!(
+        err.to_string().contains("exists with type \"logical\""),
+        "{err}"
+    );
+    assert!(!err.is_transient());
+    assert!(fake.requests().iter().all(|r| r.method == "GET"));
+}
+
+#[tokio::test]
+async fn ensure_does_not_create_when_the_get_fails() {
+    let fake = FakeKosli::start().await;
+    fake.script(std::iter::repeat_n(Scripted::status(500, "db down"), 4));
+    assert!(client(&fake).ensure_environment("x", "").await.is_err());
+    assert!(fake.requests().iter().all(|r| r.method == "GET"));
+}
+
+#[tokio::test]
+async fn assert_known_unknown_and_query() {
+    let fake = FakeKosli::start().await;
+    fake.state().asserts.insert(HEX.into(), json!({
+        "compliant": false, "scope": "environment", "environment": "prod",
+        "policy_evaluations": [{"policy_name": "prod-requirements", "status": "NON-COMPLIANT",
+            "rule_evaluations": [{"rule": {"definition": {"name": "unit-tests", "type": "junit"}},
+                "satisfied": false, "ignored": false, "resolutions": [{"type": "missing_attestation"}]}]}],
+        "html_url": "https://app.kosli.com/acme/fingerprint/x"
+    }));
+    let c = client(&fake);
+    let policies = vec!["prod-requirements".to_owned(), "sec baseline".to_owned()];
+    match c
+        .assert_artifact(HEX, Some("prod"), &policies)
+        .await
+        .unwrap()
+    {
+        AssertOutcome::Known(a) => {
+            assert!(!a.compliant);
+            assert_eq!(
+                a.policy_evaluations[0].rule_evaluations[0].resolutions[0].kind,
+                "missing_attestation"
+            );
+        }
+        AssertOutcome::Unknown => panic!("known fingerprint reported unknown"),
+    }
+    let r = &fake.requests()[0];
+    assert_eq!(r.path, format!("/api/v2/asserts/acme/fingerprint/{HEX}"));
+    assert_eq!(
+        r.query.as_deref(),
+        Some("environment_name=prod&policy_name=prod-requirements&policy_name=sec+baseline")
+    );
+    let other = "1".repeat(64);
+    assert_eq!(
+        c.assert_artifact(&other, None, &[]).await.unwrap(),
+        AssertOutcome::Unknown
+    );
+    assert!(c.assert_artifact("not-a-digest", None, &[]).await.is_err());
+}
+
+#[tokio::test]
+async fn get_environment_reads_state_and_404_is_none() {
+    let fake = FakeKosli::start().await;
+    fake.add_environment("prod", "K8S");
+    let c = client(&fake);
+    let env = c.get_environment("prod").await.unwrap().unwrap();
+    assert_eq!(
+        (env.name.as_str(), env.kind.as_str(), env.state),
+        ("prod", "K8S", None)
+    );
+    assert_eq!(c.get_environment("missing").await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn explicit_proxy_carries_every_request() {
+    // The "proxy" is the fake itself: it answers absolute-form requests, which
+    // only a client speaking through a proxy sends. Nothing listens on the host.
+    let fake = FakeKosli::start().await;
+    fake.add_environment("prod", "K8S");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let nowhere = format!("http://{}", listener.local_addr().unwrap());
+    drop(listener);
+    let mut cfg = config(&nowhere);
+    cfg.http_proxy = Some(fake.url.clone());
+    KosliClient::new(&cfg)
+        .unwrap()
+        .report_k8s("prod", report_body())
+        .await
+        .expect("through the proxy");
+    let r = &fake.requests()[0];
+    assert_eq!(
+        r.uri,
+        format!("{nowhere}/api/v2/environments/acme/prod/report/K8S")
+    );
+}
+
+struct TestCa {
+    ca_pem: String,
+    server_cert_pem: String,
+    server_key_pem: String,
+}
+
+fn test_ca() -> TestCa {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let server_key = KeyPair::generate().unwrap();
+    let params =
+        CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()]).unwrap();
+    let server_cert = params.signed_by(&server_key, &issuer).unwrap();
+    TestCa {
+        ca_pem: ca_cert.pem(),
+        server_cert_pem: server_cert.pem(),
+        server_key_pem: server_key.serialize_pem(),
+    }
+}
+
+#[tokio::test]
+async fn tls_is_verified_and_an_extra_ca_bundle_is_trusted() {
+    let ca = test_ca();
+    let fake = FakeKosli::start_tls(&ca.server_cert_pem, &ca.server_key_pem).await;
+    fake.add_environment("prod", "K8S");
+
+    let err = client(&fake)
+        .report_k8s("prod", report_body())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::KosliTransport {
+                certificate: true,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(!err.is_transient(), "a certificate failure is not retried");
+    assert_eq!(fake.requests().len(), 0);
+
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = dir.path().join("ca.pem");
+    std::fs::write(&bundle, &ca.ca_pem).unwrap();
+    let mut cfg = config(&fake.url);
+    cfg.ca_bundle = Some(bundle);
+    KosliClient::new(&cfg)
+        .unwrap()
+        .report_k8s("prod", report_body())
+        .await
+        .expect("trusted through the bundle");
+    assert_eq!(fake.reports("prod").len(), 1);
+}
+
+#[tokio::test]
+async fn ca_bundle_problems_are_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config("https://app.kosli.com");
+    cfg.ca_bundle = Some(dir.path().join("missing.pem"));
+    assert!(
+        KosliClient::new(&cfg)
+            .unwrap_err()
+            .to_string()
+            .contains("missing.pem")
+    );
+    let empty = dir.path().join("empty.pem");
+    std::fs::write(&empty, "not a certificate").unwrap();
+    cfg.ca_bundle = Some(empty);
+    assert!(
+        KosliClient::new(&cfg)
+            .unwrap_err()
+            .to_string()
+            .contains("holds no PEM certificate")
+    );
+}
