@@ -13,4 +13,10 @@ if ! command -v cargo >/dev/null; then
   exit 1
 fi
 
-cargo test --locked "$@"
+# nextest runs each test in its own process and ends on one summary line;
+# plain cargo test is the fallback where it is not installed.
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --locked --no-fail-fast "$@"
+else
+  cargo test --locked --no-fail-fast "$@"
+fi

@@ -45,8 +45,8 @@ pub struct KosliArgs {
     #[arg(long, env = "KOSLI_API_TOKEN", hide_env_values = true)]
     pub api_token: Option<String>,
 
-    /// File holding the Kosli API token (e.g. a mounted Secret).
-    #[arg(long, env = "KOSLI_API_TOKEN_FILE", conflicts_with = "api_token")]
+    /// File holding the Kosli API token (e.g. a mounted Secret); wins over --api-token.
+    #[arg(long, env = "KOSLI_API_TOKEN_FILE")]
     pub api_token_file: Option<PathBuf>,
 
     /// Proxy for every request to Kosli; without it HTTPS_PROXY/NO_PROXY apply.

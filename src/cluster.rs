@@ -58,8 +58,10 @@ impl PodLister {
     pub async fn pods_for(&mut self, filter: &NamespaceFilter) -> Result<Vec<Arc<Vec<PodRecord>>>> {
         match filter.exact_namespaces() {
             Some(namespaces) => {
-                let mut lists = Vec::with_capacity(namespaces.len());
-                for namespace in namespaces {
+                // A name given twice must not list (and report) its pods twice.
+                let unique: std::collections::BTreeSet<&String> = namespaces.iter().collect();
+                let mut lists = Vec::with_capacity(unique.len());
+                for namespace in unique {
                     lists.push(self.scope(Some(namespace.clone())).await?);
                 }
                 Ok(lists)

@@ -103,7 +103,11 @@ impl Error {
         match self {
             Error::KosliStatus { status, .. } => crate::kosli::retry::is_retryable_status(*status),
             Error::KosliTransport { certificate, .. } => !certificate,
-            Error::ListPods { .. } => true,
+            // RBAC refusals and bad credentials wait for a change; the rest may pass.
+            Error::ListPods { source, .. } => !matches!(
+                source.as_ref(),
+                kube::Error::Api(status) if status.code == 401 || status.code == 403
+            ),
             _ => false,
         }
     }
