@@ -12,7 +12,13 @@ use serde_json::Value;
 use support::fake_kosli::{FakeKosli, ORG, Scripted, TOKEN};
 use support::{binary, repo_file};
 
-const KOSLI_VARS: [&str; 9] = [
+const KOSLI_VARS: [&str; 15] = [
+    "HTTP_PROXY",
+    "http_proxy",
+    "HTTPS_PROXY",
+    "https_proxy",
+    "NO_PROXY",
+    "no_proxy",
     "KOSLI_HOST",
     "KOSLI_ORG",
     "KOSLI_API_TOKEN",
@@ -583,6 +589,35 @@ async fn token_file_and_flags_configure_the_client() {
     let o = run_async(args, vec![]).await;
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(fake.reports("production").len(), 1);
+}
+
+#[tokio::test]
+async fn standard_proxy_variables_are_honoured() {
+    // Nothing listens on the Kosli host: the report can only arrive through the
+    // proxy, which is the fake itself answering an absolute-form request.
+    let fake = FakeKosli::start().await;
+    fake.add_environment("production", "K8S");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let nowhere = format!("http://{}", listener.local_addr().unwrap());
+    drop(listener);
+    let mut env = kosli_env(&fake);
+    env[0].1 = nowhere.clone();
+    env.push(("HTTP_PROXY".into(), fake.url.clone()));
+    let o = run_async(
+        strings(&[
+            "snapshot",
+            "production",
+            "--from-file",
+            "examples/pods.json",
+        ]),
+        env,
+    )
+    .await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        fake.requests()[0].uri,
+        format!("{nowhere}/api/v2/environments/acme/production/report/K8S")
+    );
 }
 
 #[test]
