@@ -63,6 +63,14 @@ fn stderr(o: &Output) -> String {
     String::from_utf8(o.stderr.clone()).expect("utf-8 stderr")
 }
 
+/// `snapshot ARGS --from-file examples/pods.json --dry-run`.
+fn offline(args: &[&str]) -> Output {
+    let mut all = vec!["snapshot"];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["--from-file", "examples/pods.json", "--dry-run"]);
+    run(&all, &[])
+}
+
 fn dry_run(extra: &[&str]) -> Output {
     let mut args = vec![
         "snapshot",
@@ -232,51 +240,20 @@ fn bad_regex_is_refused_with_the_pattern() {
 
 #[test]
 fn environment_name_is_required_and_validated() {
-    let o = run(
-        &["snapshot", "--from-file", "examples/pods.json", "--dry-run"],
-        &[],
-    );
+    let o = offline(&[]);
     assert_usage_error(
         &o,
         "an ENVIRONMENT-NAME argument or --config-file is required",
     );
-    let o = run(
-        &[
-            "snapshot",
-            "-bad name",
-            "--from-file",
-            "examples/pods.json",
-            "--dry-run",
-        ],
-        &[],
-    );
+    let o = offline(&["-bad name"]);
     assert_eq!(o.status.code(), Some(2));
-    let o = run(
-        &[
-            "snapshot",
-            "bad/name",
-            "--from-file",
-            "examples/pods.json",
-            "--dry-run",
-        ],
-        &[],
-    );
+    let o = offline(&["bad/name"]);
     assert_usage_error(&o, "does not match Kosli's pattern");
 }
 
 #[test]
 fn config_file_dry_run_maps_each_environment_to_its_body() {
-    let o = run(
-        &[
-            "snapshot",
-            "--config-file",
-            "examples/snapshot-config.yaml",
-            "--from-file",
-            "examples/pods.json",
-            "--dry-run",
-        ],
-        &[],
-    );
+    let o = offline(&["--config-file", "examples/snapshot-config.yaml"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let text = stdout(&o);
     assert_eq!(text.matches('\n').count(), 1, "one document, one line");
@@ -328,62 +305,19 @@ fn config_file_errors_are_clear() {
     for (i, (content, needle)) in cases.iter().enumerate() {
         let path = dir.path().join(format!("c{i}.yaml"));
         std::fs::write(&path, content).unwrap();
-        let o = run(
-            &[
-                "snapshot",
-                "--config-file",
-                path.to_str().unwrap(),
-                "--from-file",
-                "examples/pods.json",
-                "--dry-run",
-            ],
-            &[],
-        );
+        let o = offline(&["--config-file", path.to_str().unwrap()]);
         assert_usage_error(&o, needle);
     }
-    let o = run(
-        &[
-            "snapshot",
-            "--config-file",
-            "/nonexistent/c.yaml",
-            "--from-file",
-            "examples/pods.json",
-            "--dry-run",
-        ],
-        &[],
-    );
+    let o = offline(&["--config-file", "/nonexistent/c.yaml"]);
     assert_usage_error(&o, "failed to read /nonexistent/c.yaml");
 }
 
 #[test]
 fn config_file_conflicts_with_name_and_namespace_flags() {
-    let o = run(
-        &[
-            "snapshot",
-            "prod",
-            "--config-file",
-            "examples/snapshot-config.yaml",
-            "--from-file",
-            "examples/pods.json",
-            "--dry-run",
-        ],
-        &[],
-    );
+    let o = offline(&["prod", "--config-file", "examples/snapshot-config.yaml"]);
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("cannot be used with"), "{}", stderr(&o));
-    let o = run(
-        &[
-            "snapshot",
-            "--config-file",
-            "examples/snapshot-config.yaml",
-            "-n",
-            "x",
-            "--from-file",
-            "examples/pods.json",
-            "--dry-run",
-        ],
-        &[],
-    );
+    let o = offline(&["--config-file", "examples/snapshot-config.yaml", "-n", "x"]);
     assert_eq!(o.status.code(), Some(2));
 }
 
@@ -597,9 +531,7 @@ async fn standard_proxy_variables_are_honoured() {
     // proxy, which is the fake itself answering an absolute-form request.
     let fake = FakeKosli::start().await;
     fake.add_environment("production", "K8S");
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let nowhere = format!("http://{}", listener.local_addr().unwrap());
-    drop(listener);
+    let nowhere = support::closed_loopback_url();
     let mut env = kosli_env(&fake);
     env[0].1 = nowhere.clone();
     env.push(("HTTP_PROXY".into(), fake.url.clone()));

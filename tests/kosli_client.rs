@@ -288,9 +288,7 @@ async fn slow_answers_time_out_and_are_retried() {
 
 #[tokio::test]
 async fn unreachable_kosli_is_a_transport_error_after_retries() {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    drop(listener);
+    let url = support::closed_loopback_url();
     let err = KosliClient::new(&config(&url))
         .unwrap()
         .report_k8s("prod", report_body())
@@ -445,9 +443,7 @@ async fn explicit_proxy_carries_every_request() {
     // only a client speaking through a proxy sends. Nothing listens on the host.
     let fake = FakeKosli::start().await;
     fake.add_environment("prod", "K8S");
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let nowhere = format!("http://{}", listener.local_addr().unwrap());
-    drop(listener);
+    let nowhere = support::closed_loopback_url();
     let mut cfg = config(&nowhere);
     cfg.http_proxy = Some(fake.url.clone());
     KosliClient::new(&cfg)

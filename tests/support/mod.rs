@@ -14,3 +14,9 @@ pub fn binary() -> PathBuf {
 pub fn repo_file(path: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(path)
 }
+
+/// An `http://127.0.0.1:PORT` URL where nothing listens (the port was just freed).
+pub fn closed_loopback_url() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    format!("http://{}", listener.local_addr().unwrap())
+}
