@@ -88,6 +88,10 @@ pub enum Error {
         message: String,
     },
 
+    /// A registry could not tell the digest of an image.
+    #[error("failed to resolve {image}: {message}")]
+    Registry { image: String, message: String },
+
     #[error("failed to serialize {what}: {source}")]
     Serialize {
         what: &'static str,

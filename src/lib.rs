@@ -18,5 +18,6 @@ pub mod commands;
 pub mod config;
 pub mod kosli;
 pub mod podlist;
+pub mod registry;
 pub mod telemetry;
 pub mod tls;
