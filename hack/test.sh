@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The project's test command (README: "Run all tests"). Builds into a cache
-# outside the repository so a second run reuses the build, then runs every test
-# tier: unit tests, the loopback fake Kosli, and the built binary.
+# outside the repository, installs and starts the real test components
+# (hack/testenv: etcd + kube-apiserver, OCI registries), runs every test tier
+# against them, and stops them again whatever the outcome.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,7 +17,13 @@ fi
 # nextest runs each test in its own process and ends on one summary line;
 # plain cargo test is the fallback where it is not installed.
 if cargo nextest --version >/dev/null 2>&1; then
-  cargo nextest run --locked --no-fail-fast "$@"
+  runner=(cargo nextest run --locked --no-fail-fast)
+  build=(cargo nextest run --locked --no-run)
 else
-  cargo test --locked --no-fail-fast "$@"
+  runner=(cargo test --locked --no-fail-fast)
+  build=(cargo test --locked --no-run)
 fi
+
+# Build before starting anything, so a compile error costs no cluster start.
+"${build[@]}" "$@"
+exec hack/testenv/with-testenv.sh "${runner[@]}" "$@"

@@ -6,62 +6,11 @@
 mod support;
 
 use std::io::Write;
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 
 use serde_json::Value;
 use support::fake_kosli::{FakeKosli, ORG, Scripted, TOKEN};
-use support::{binary, repo_file};
-
-const KOSLI_VARS: [&str; 15] = [
-    "HTTP_PROXY",
-    "http_proxy",
-    "HTTPS_PROXY",
-    "https_proxy",
-    "NO_PROXY",
-    "no_proxy",
-    "KOSLI_HOST",
-    "KOSLI_ORG",
-    "KOSLI_API_TOKEN",
-    "KOSLI_API_TOKEN_FILE",
-    "KOSLI_DRY_RUN",
-    "KOSLI_HTTP_PROXY",
-    "KOSLI_MAX_API_RETRIES",
-    "KOSLI_CA_BUNDLE",
-    "KUBECONFIG",
-];
-
-fn command(args: &[&str], env: &[(&str, &str)]) -> Command {
-    let mut cmd = Command::new(binary());
-    cmd.args(args).current_dir(repo_file(""));
-    for var in KOSLI_VARS {
-        cmd.env_remove(var);
-    }
-    cmd.env("RUST_LOG", "info").envs(env.iter().copied());
-    cmd
-}
-
-fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
-    command(args, env).output().expect("binary runs")
-}
-
-/// Runs the binary off the async runtime, so a fake Kosli in this process can answer.
-async fn run_async(args: Vec<String>, env: Vec<(String, String)>) -> Output {
-    tokio::task::spawn_blocking(move || {
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        run(&args, &env)
-    })
-    .await
-    .expect("join")
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8(o.stdout.clone()).expect("utf-8 stdout")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8(o.stderr.clone()).expect("utf-8 stderr")
-}
+use support::{command, repo_file, run, run_async, stderr, stdout};
 
 /// `snapshot ARGS --from-file examples/pods.json --dry-run`.
 fn offline(args: &[&str]) -> Output {

@@ -2,8 +2,10 @@
 #![allow(dead_code, clippy::unwrap_used)]
 
 pub mod fake_kosli;
+pub mod testenv;
 
 use std::path::PathBuf;
+use std::process::{Command, Output};
 
 /// The built binary under test.
 pub fn binary() -> PathBuf {
@@ -19,4 +21,57 @@ pub fn repo_file(path: &str) -> PathBuf {
 pub fn closed_loopback_url() -> String {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     format!("http://{}", listener.local_addr().unwrap())
+}
+
+/// Variables of the caller that would change what the binary does.
+const CALLER_VARS: [&str; 15] = [
+    "HTTP_PROXY",
+    "http_proxy",
+    "HTTPS_PROXY",
+    "https_proxy",
+    "NO_PROXY",
+    "no_proxy",
+    "KOSLI_HOST",
+    "KOSLI_ORG",
+    "KOSLI_API_TOKEN",
+    "KOSLI_API_TOKEN_FILE",
+    "KOSLI_DRY_RUN",
+    "KOSLI_HTTP_PROXY",
+    "KOSLI_MAX_API_RETRIES",
+    "KOSLI_CA_BUNDLE",
+    "KUBECONFIG",
+];
+
+/// The binary with `args`, run in the repository with only `env` of ours set.
+pub fn command(args: &[&str], env: &[(&str, &str)]) -> Command {
+    let mut cmd = Command::new(binary());
+    cmd.args(args).current_dir(repo_file(""));
+    for var in CALLER_VARS {
+        cmd.env_remove(var);
+    }
+    cmd.env("RUST_LOG", "info").envs(env.iter().copied());
+    cmd
+}
+
+pub fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
+    command(args, env).output().expect("binary runs")
+}
+
+/// Runs the binary off the async runtime, so a fake Kosli in this process can answer.
+pub async fn run_async(args: Vec<String>, env: Vec<(String, String)>) -> Output {
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        run(&args, &env)
+    })
+    .await
+    .expect("join")
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8(o.stdout.clone()).expect("utf-8 stdout")
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8(o.stderr.clone()).expect("utf-8 stderr")
 }
