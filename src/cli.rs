@@ -1,12 +1,14 @@
 //! The command line: flags and environment variables named as the Kosli CLI
 //! names them, so users carry their habits over.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{ArgAction, Args, Parser, Subcommand};
 
 use crate::config::NamespaceLists;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::kosli::{ApiToken, KosliConfig, RetryPolicy};
 
 #[derive(Debug, Parser)]
@@ -23,6 +25,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the operator: report every KosliEnvironment to Kosli as pods change.
+    Run(Box<RunArgs>),
     /// Report the running pods of a cluster to Kosli once (a drop-in for `kosli snapshot k8s`).
     Snapshot(Box<SnapshotArgs>),
     /// Print the KosliEnvironment CustomResourceDefinition as YAML.
@@ -63,21 +67,11 @@ pub struct KosliArgs {
 }
 
 impl KosliArgs {
-    /// The client configuration; reads the token file.
+    /// The client configuration.
     pub fn to_config(&self) -> Result<KosliConfig> {
-        let token = match (&self.api_token, &self.api_token_file) {
-            (_, Some(path)) => {
-                std::fs::read_to_string(path)
-                    .map(ApiToken::new)
-                    .map_err(|source| Error::ReadFile {
-                        path: path.clone(),
-                        source,
-                    })?
-            }
-            (Some(token), None) => ApiToken::new(token.clone()),
-            (None, None) => ApiToken::new(""),
-        };
+        let token = ApiToken::new(self.api_token.clone().unwrap_or_default());
         let mut config = KosliConfig::new(&self.host, &self.org, token);
+        config.token_file = self.api_token_file.clone();
         config.http_proxy = self.http_proxy.clone().filter(|p| !p.is_empty());
         config.ca_bundle = self.ca_bundle.clone();
         config.retry = RetryPolicy {
@@ -147,5 +141,99 @@ impl SnapshotArgs {
             exclude_namespaces: self.exclude_namespaces.clone(),
             exclude_namespaces_regex: self.exclude_namespaces_regex.clone(),
         }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Address for /metrics, /livez and /readyz (plain HTTP).
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    pub http_addr: SocketAddr,
+
+    /// Elect one leader among replicas through a Lease; only the leader reports.
+    #[arg(long, default_value_t = true, action = ArgAction::Set, value_name = "BOOL")]
+    pub leader_election: bool,
+
+    /// Name of the Lease used for leader election.
+    #[arg(long, default_value = "kosli-operator")]
+    pub lease_name: String,
+
+    /// Namespace of the Lease (the operator's own namespace in a cluster).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    pub lease_namespace: String,
+
+    /// Namespace for Kubernetes Events about KosliEnvironments (cluster-scoped
+    /// objects: older API servers accept their events only in kube-system).
+    #[arg(long, default_value = "kube-system")]
+    pub events_namespace: String,
+
+    /// Only handle KosliEnvironments matching this label selector (e.g. `shard=a`),
+    /// so several operators can split a cluster's environments.
+    #[arg(long)]
+    pub environment_selector: Option<String>,
+
+    /// Watch pods only in these namespaces (comma-separated) instead of cluster-wide;
+    /// KosliEnvironments must then list their namespaces in spec.namespaces.
+    #[arg(long, value_delimiter = ',')]
+    pub watch_namespaces: Vec<String>,
+
+    /// Log each body that would be sent, and send nothing.
+    #[arg(short = 'D', long, env = "KOSLI_DRY_RUN")]
+    pub dry_run: bool,
+
+    /// Quiet time after a change before reporting, so a rollout becomes one report.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub debounce: Duration,
+
+    /// The longest a report is held back while changes keep coming.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub max_debounce: Duration,
+
+    /// Kubeconfig to use (default: KUBECONFIG, ~/.kube/config, or in-cluster).
+    #[arg(short = 'k', long)]
+    pub kubeconfig: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub kosli: KosliArgs,
+}
+
+/// `500ms`, `2s`, `5m`, `1h`, or a bare number of seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration (e.g. 500ms, 2s, 5m)"))?;
+    let seconds = match unit {
+        "ms" => value / 1000.0,
+        "" | "s" => value,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        _ => {
+            return Err(format!(
+                "{text:?} has an unknown unit {unit:?} (use ms, s, m or h)"
+            ));
+        }
+    };
+    Duration::try_from_secs_f64(seconds).map_err(|e| format!("{text:?}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
+        assert_eq!(parse_duration("1.5m"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("5d").is_err());
+        assert!(parse_duration("").is_err());
     }
 }

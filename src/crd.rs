@@ -237,14 +237,25 @@ impl KosliEnvironment {
 }
 
 impl KosliEnvironmentSpec {
-    /// Checks what the schema cannot and compiles the selection.
+    /// Checks what the schema cannot and compiles the selection. Errors start
+    /// with the field at fault (`spec.namespacesRegex: …`).
     pub fn validate(&self) -> Result<Selection> {
         let filter = NamespaceFilter::new(
             &self.namespaces,
             &self.namespaces_regex,
             &self.exclude_namespaces,
             &self.exclude_namespaces_regex,
-        )?;
+        )
+        .map_err(|e| {
+            let field = match &e {
+                Error::InvalidRegex {
+                    kind: "exclude", ..
+                } => "spec.excludeNamespacesRegex",
+                Error::InvalidRegex { .. } => "spec.namespacesRegex",
+                _ => "spec.namespaces",
+            };
+            Error::Config(format!("{field}: {e}"))
+        })?;
         Selection::new(
             filter,
             self.namespace_selector.clone(),
@@ -254,6 +265,12 @@ impl KosliEnvironmentSpec {
                 include_ephemeral: self.include_ephemeral,
             },
         )
+        .map_err(|e| match e {
+            Error::InvalidSelector { field, message } => {
+                Error::Config(format!("spec.{field}: {message}"))
+            }
+            other => other,
+        })
     }
 }
 
@@ -316,7 +333,10 @@ mod tests {
             ..Default::default()
         };
         let err = spec.validate().unwrap_err().to_string();
-        assert!(err.contains("cannot be combined"), "{err}");
+        assert!(
+            err.contains("spec.namespaces: ") && err.contains("cannot be combined"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -326,9 +346,9 @@ mod tests {
             ..Default::default()
         };
         let err = spec.validate().unwrap_err().to_string();
-        assert!(
-            err.contains("invalid include namespace regex \"team-(\""),
-            "{err}"
+        assert_eq!(
+            err,
+            "invalid configuration: spec.namespacesRegex: invalid include namespace regex \"team-(\": unclosed group"
         );
     }
 

@@ -16,13 +16,13 @@ pub enum Error {
     #[error("invalid configuration: {0}")]
     Config(String),
 
-    /// A namespace regex that does not compile.
-    #[error("invalid {kind} namespace regex {pattern:?}: {source}")]
+    /// A namespace regex that does not compile; `reason` is the regex error's
+    /// last line ("unclosed group"), without the multi-line caret diagram.
+    #[error("invalid {kind} namespace regex {pattern:?}: {reason}")]
     InvalidRegex {
         kind: &'static str,
         pattern: String,
-        #[source]
-        source: Box<regex::Error>,
+        reason: String,
     },
 
     /// A Kubernetes label selector that cannot be evaluated.

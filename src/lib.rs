@@ -6,10 +6,14 @@
 
 pub mod crd;
 pub mod error;
+pub mod events;
 pub mod fingerprint;
+pub mod http;
 pub mod pod;
 pub mod selection;
 pub mod snapshot;
+pub mod status;
+pub mod store;
 
 pub use error::{Error, Result};
 pub mod cli;
@@ -17,7 +21,11 @@ pub mod cluster;
 pub mod commands;
 pub mod config;
 pub mod kosli;
+pub mod leader;
+pub mod metrics;
 pub mod podlist;
 pub mod registry;
+pub mod reporter;
 pub mod telemetry;
 pub mod tls;
+pub mod watch;

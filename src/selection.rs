@@ -53,10 +53,16 @@ impl NamespaceFilter {
         let patterns = regexes
             .iter()
             .map(|pattern| {
-                Regex::new(pattern).map_err(|source| Error::InvalidRegex {
+                Regex::new(pattern).map_err(|e| Error::InvalidRegex {
                     kind,
                     pattern: pattern.clone(),
-                    source: Box::new(source),
+                    reason: e
+                        .to_string()
+                        .lines()
+                        .last()
+                        .unwrap_or_default()
+                        .trim_start_matches("error: ")
+                        .to_owned(),
                 })
             })
             .collect::<Result<Vec<_>>>()?;

@@ -4,8 +4,9 @@
 
 use std::fmt;
 use std::net::IpAddr;
-use std::path::PathBuf;
-use std::time::Duration;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
 
 use reqwest::header::{self, HeaderValue};
 use reqwest::{Method, StatusCode, Url};
@@ -38,6 +39,14 @@ impl fmt::Debug for ApiToken {
     }
 }
 
+/// Sees every Kosli request: metrics hang here.
+pub trait RequestObserver: Send + Sync {
+    /// One attempt ended: with an HTTP status, or `None` for a transport error.
+    fn attempt(&self, operation: &'static str, status: Option<u16>, elapsed: Duration);
+    /// An attempt is about to be retried after `status` (`None`: transport error).
+    fn retry(&self, operation: &'static str, status: Option<u16>);
+}
+
 /// Everything needed to talk to Kosli.
 #[derive(Clone, Debug)]
 pub struct KosliConfig {
@@ -45,6 +54,9 @@ pub struct KosliConfig {
     pub host: String,
     pub org: String,
     pub token: ApiToken,
+    /// A file holding the token, re-read whenever it changes (Secret rotation);
+    /// wins over `token`.
+    pub token_file: Option<PathBuf>,
     /// An explicit proxy for every request (`KOSLI_HTTP_PROXY`); without it the
     /// standard `HTTPS_PROXY`/`HTTP_PROXY`/`NO_PROXY` variables apply.
     pub http_proxy: Option<String>,
@@ -62,6 +74,7 @@ impl KosliConfig {
             host: host.into(),
             org: org.into(),
             token,
+            token_file: None,
             http_proxy: None,
             ca_bundle: None,
             connect_timeout: Duration::from_secs(10),
@@ -78,13 +91,82 @@ pub enum EnsureOutcome {
     Created,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct KosliClient {
     http: reqwest::Client,
     base: Url,
     org: String,
-    authorization: HeaderValue,
+    token: Arc<TokenSource>,
     retry: RetryPolicy,
+    observer: Option<Arc<dyn RequestObserver>>,
+}
+
+impl fmt::Debug for KosliClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KosliClient")
+            .field("base", &self.base.as_str())
+            .field("org", &self.org)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where the Authorization header comes from.
+enum TokenSource {
+    Fixed(HeaderValue),
+    /// Re-read when the file's modification time or size changes.
+    File {
+        path: PathBuf,
+        current: Mutex<(Option<SystemTime>, u64, HeaderValue)>,
+    },
+}
+
+fn bearer(token: &ApiToken) -> Result<HeaderValue> {
+    if token.is_empty() {
+        return Err(Error::Config(
+            "a Kosli API token is required (KOSLI_API_TOKEN or --api-token-file)".to_owned(),
+        ));
+    }
+    let mut value = HeaderValue::from_str(&format!("Bearer {}", token.0))
+        .map_err(|_| Error::Config("the Kosli API token contains invalid characters".to_owned()))?;
+    value.set_sensitive(true);
+    Ok(value)
+}
+
+fn read_token_file(path: &Path) -> Result<(Option<SystemTime>, u64, HeaderValue)> {
+    let read_error = |source| Error::ReadFile {
+        path: path.to_owned(),
+        source,
+    };
+    let meta = std::fs::metadata(path).map_err(read_error)?;
+    let token = std::fs::read_to_string(path).map_err(read_error)?;
+    let header = bearer(&ApiToken::new(token))
+        .map_err(|e| Error::Config(format!("token file {}: {e}", path.display())))?;
+    Ok((meta.modified().ok(), meta.len(), header))
+}
+
+impl TokenSource {
+    fn header(&self) -> Result<HeaderValue> {
+        match self {
+            TokenSource::Fixed(value) => Ok(value.clone()),
+            TokenSource::File { path, current } => {
+                let mut current = current.lock().unwrap_or_else(|p| p.into_inner());
+                let changed = std::fs::metadata(path)
+                    .map(|m| (m.modified().ok(), m.len()) != (current.0, current.1))
+                    .unwrap_or(false);
+                if changed {
+                    match read_token_file(path) {
+                        Ok(fresh) => {
+                            tracing::info!(path = %path.display(), "Kosli API token file changed, using the new token");
+                            *current = fresh;
+                        }
+                        // Mid-rotation the file can be briefly empty: keep the last good token.
+                        Err(e) => tracing::warn!("keeping the previous Kosli API token: {e}"),
+                    }
+                }
+                Ok(current.2.clone())
+            }
+        }
+    }
 }
 
 /// Kosli is spoken to over HTTPS; plain HTTP only on loopback, where tests run.
@@ -130,16 +212,13 @@ impl KosliClient {
                 "a Kosli organization is required (--org or KOSLI_ORG)".to_owned(),
             ));
         }
-        if config.token.is_empty() {
-            return Err(Error::Config(
-                "a Kosli API token is required (KOSLI_API_TOKEN or --api-token-file)".to_owned(),
-            ));
-        }
-        let mut authorization = HeaderValue::from_str(&format!("Bearer {}", config.token.0))
-            .map_err(|_| {
-                Error::Config("the Kosli API token contains invalid characters".to_owned())
-            })?;
-        authorization.set_sensitive(true);
+        let token = match &config.token_file {
+            Some(path) => TokenSource::File {
+                current: Mutex::new(read_token_file(path)?),
+                path: path.clone(),
+            },
+            None => TokenSource::Fixed(bearer(&config.token)?),
+        };
 
         let mut builder = reqwest::Client::builder()
             .user_agent(USER_AGENT)
@@ -177,9 +256,16 @@ impl KosliClient {
             http,
             base,
             org: config.org.clone(),
-            authorization,
+            token: Arc::new(token),
             retry: config.retry,
+            observer: None,
         })
+    }
+
+    /// Reports every attempt and retry to `observer` (metrics).
+    pub fn with_observer(mut self, observer: Arc<dyn RequestObserver>) -> Self {
+        self.observer = Some(observer);
+        self
     }
 
     /// The link to an environment in Kosli's web app.
@@ -196,7 +282,7 @@ impl KosliClient {
     /// `PUT /api/v2/environments/{org}/{env}/report/K8S` with a prepared body.
     pub async fn report_k8s(&self, env: &str, body: Vec<u8>) -> Result<()> {
         let path = ["environments", &self.org, env, "report", "K8S"];
-        self.send(Method::PUT, &path, &[], Some(body))
+        self.send("report", Method::PUT, &path, &[], Some(body))
             .await
             .map(drop)
     }
@@ -204,7 +290,10 @@ impl KosliClient {
     /// `GET /api/v2/environments/{org}/{env}`; `None` on 404.
     pub async fn get_environment(&self, env: &str) -> Result<Option<Environment>> {
         let path = ["environments", &self.org, env];
-        match self.send(Method::GET, &path, &[], None).await {
+        match self
+            .send("get_environment", Method::GET, &path, &[], None)
+            .await
+        {
             Ok(bytes) => decode("GET", &path, &bytes).map(Some),
             Err(Error::KosliStatus { status: 404, .. }) => Ok(None),
             Err(e) => Err(e),
@@ -233,8 +322,14 @@ impl KosliClient {
             what: "the environment",
             source,
         })?;
-        self.send(Method::PUT, &["environments", &self.org], &[], Some(body))
-            .await?;
+        self.send(
+            "create_environment",
+            Method::PUT,
+            &["environments", &self.org],
+            &[],
+            Some(body),
+        )
+        .await?;
         tracing::info!(environment = env, "created Kosli environment of type K8S");
         Ok(EnsureOutcome::Created)
     }
@@ -258,7 +353,7 @@ impl KosliClient {
             query.push(("environment_name", env));
         }
         query.extend(policies.iter().map(|p| ("policy_name", p.as_str())));
-        match self.send(Method::GET, &path, &query, None).await {
+        match self.send("assert", Method::GET, &path, &query, None).await {
             Ok(bytes) => decode::<AssertResponse>("GET", &path, &bytes).map(AssertOutcome::Known),
             Err(Error::KosliStatus { status: 404, .. }) => Ok(AssertOutcome::Unknown),
             Err(e) => Err(e),
@@ -279,6 +374,7 @@ impl KosliClient {
     /// One logical request: attempts and retries until a final answer.
     async fn send(
         &self,
+        operation: &'static str,
         method: Method,
         path: &[&str],
         query: &[(&str, &str)],
@@ -292,14 +388,14 @@ impl KosliClient {
             let mut request = self
                 .http
                 .request(method.clone(), url.clone())
-                .header(header::AUTHORIZATION, self.authorization.clone())
+                .header(header::AUTHORIZATION, self.token.header()?)
                 .header(header::ACCEPT, "application/json");
             if let Some(body) = &body {
                 request = request
                     .header(header::CONTENT_TYPE, "application/json")
                     .body(body.clone());
             }
-            let started = std::time::Instant::now();
+            let started = Instant::now();
             let (error, retry_after) = match request.send().await {
                 Ok(response) => {
                     let status = response.status();
@@ -310,6 +406,7 @@ impl KosliClient {
                         .and_then(|v| retry::parse_retry_after(v, jiff::Timestamp::now()));
                     match response.bytes().await {
                         Ok(bytes) if status == StatusCode::OK || status == StatusCode::CREATED => {
+                            self.observe(operation, Some(status.as_u16()), started);
                             tracing::debug!(method = method_name, path = %display_path, status = status.as_u16(),
                                 elapsed_ms = started.elapsed().as_millis() as u64, "Kosli answered");
                             return Ok(bytes);
@@ -331,6 +428,7 @@ impl KosliClient {
                 }
                 Err(e) => (transport_error(method_name, &display_path, &e), None),
             };
+            self.observe(operation, error.kosli_status(), started);
             if !error.is_transient() || retry >= self.retry.max_retries {
                 return Err(error);
             }
@@ -342,10 +440,21 @@ impl KosliClient {
                 None => self.retry.backoff(retry, fastrand::f64()),
             };
             retry += 1;
+            if let Some(observer) = &self.observer {
+                observer.retry(operation, error.kosli_status());
+            }
             tracing::warn!(method = method_name, path = %display_path, error = %error,
                 retry, of = self.retry.max_retries, delay_ms = delay.as_millis() as u64,
                 "Kosli request failed, retrying");
             tokio::time::sleep(delay).await;
+        }
+    }
+}
+
+impl KosliClient {
+    fn observe(&self, operation: &'static str, status: Option<u16>, started: Instant) {
+        if let Some(observer) = &self.observer {
+            observer.attempt(operation, status, started.elapsed());
         }
     }
 }

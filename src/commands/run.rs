@@ -1,0 +1,164 @@
+//! `kosli-operator run`: the long-running reporter.
+//!
+//! Wiring only: clients, metrics, leader election, the HTTP endpoints, the three
+//! watches. One cancellation token, fired by SIGTERM or SIGINT, stops them all;
+//! the leader releases its Lease on the way out so a standby takes over at once.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use super::EXIT_USAGE;
+use crate::cli::RunArgs;
+use crate::error::{Error, Result};
+use crate::events::EventPublisher;
+use crate::kosli::KosliClient;
+use crate::leader::{self, LeaseConfig};
+use crate::metrics::Metrics;
+use crate::reporter::{Context, ReporterOptions, Wiring};
+use crate::store::ClusterState;
+
+pub async fn run(args: RunArgs) -> ExitCode {
+    match start(args).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e @ (Error::Config(_) | Error::ReadFile { .. })) => {
+            tracing::error!("{e}");
+            ExitCode::from(EXIT_USAGE)
+        }
+        Err(e) => {
+            tracing::error!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Cancels `token` on SIGTERM or SIGINT.
+fn on_signals(token: CancellationToken) -> Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())
+        .map_err(|e| Error::Config(format!("failed to handle SIGTERM: {e}")))?;
+    let mut int = signal(SignalKind::interrupt())
+        .map_err(|e| Error::Config(format!("failed to handle SIGINT: {e}")))?;
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+            _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+        }
+        token.cancel();
+    });
+    Ok(())
+}
+
+fn identity() -> String {
+    let base = std::env::var("POD_NAME")
+        .or_else(|_| std::env::var("HOSTNAME"))
+        .unwrap_or_else(|_| "kosli-operator".to_owned());
+    format!("{base}-{:06x}", fastrand::u32(..0x100_0000))
+}
+
+async fn start(args: RunArgs) -> Result<()> {
+    let shutdown = CancellationToken::new();
+    on_signals(shutdown.clone())?;
+    let metrics = Arc::new(
+        Metrics::new().map_err(|e| Error::Config(format!("failed to set up metrics: {e}")))?,
+    );
+    let kosli = if args.dry_run {
+        tracing::warn!("dry run: reports are logged, nothing is sent to Kosli");
+        None
+    } else {
+        Some(KosliClient::new(&args.kosli.to_config()?)?.with_observer(metrics.clone()))
+    };
+    let client = crate::cluster::client(args.kubeconfig.as_deref()).await?;
+    let identity = identity();
+
+    // Keeps the always-leader channel open when election is off.
+    let mut _always_leader = None;
+    let (leader, leader_task) = if args.leader_election {
+        let config = LeaseConfig {
+            namespace: args.lease_namespace.clone(),
+            name: args.lease_name.clone(),
+            identity: identity.clone(),
+            ..LeaseConfig::default()
+        };
+        let (rx, task) = leader::spawn(client.clone(), config, shutdown.clone());
+        (rx, Some(task))
+    } else {
+        let (tx, rx) = watch::channel(true);
+        _always_leader = Some(tx);
+        (rx, None)
+    };
+    mirror_leadership(leader.clone(), metrics.clone());
+
+    let watch_namespaces =
+        (!args.watch_namespaces.is_empty()).then(|| args.watch_namespaces.clone());
+    let scopes: Vec<Option<String>> = match &watch_namespaces {
+        Some(list) => list.iter().cloned().map(Some).collect(),
+        None => vec![None],
+    };
+    let options = ReporterOptions {
+        debounce: args.debounce,
+        max_debounce: args.max_debounce.max(args.debounce),
+        dry_run: args.dry_run,
+        watch_namespaces,
+        environment_selector: args.environment_selector.clone(),
+        ..ReporterOptions::default()
+    };
+    let events = EventPublisher::new(client.clone(), args.events_namespace.clone(), identity);
+    let wiring = Wiring {
+        metrics: metrics.clone(),
+        leader,
+        events,
+        shutdown: shutdown.clone(),
+    };
+    let ctx = Arc::new(Context::new(
+        client,
+        kosli,
+        ClusterState::new(scopes.clone()),
+        options,
+        wiring,
+    ));
+    let http = crate::http::serve(args.http_addr, metrics, ctx.clone(), shutdown.clone()).await?;
+
+    let mut tasks = vec![
+        tokio::spawn(crate::watch::watch_environments(ctx.clone())),
+        tokio::spawn(crate::watch::watch_namespaces(ctx.clone())),
+    ];
+    for scope in scopes {
+        tasks.push(tokio::spawn(crate::watch::watch_pods(ctx.clone(), scope)));
+    }
+    tracing::info!("kosli-operator started");
+
+    shutdown.cancelled().await;
+    let stopping = async {
+        if let Some(task) = leader_task {
+            let _ = task.await;
+        }
+        for task in tasks {
+            let _ = task.await;
+        }
+        let _ = http.await;
+    };
+    if tokio::time::timeout(Duration::from_secs(10), stopping)
+        .await
+        .is_err()
+    {
+        tracing::warn!("some tasks did not stop within 10 s");
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn mirror_leadership(mut leader: watch::Receiver<bool>, metrics: Arc<Metrics>) {
+    tokio::spawn(async move {
+        loop {
+            let leading = *leader.borrow_and_update();
+            metrics.leader.set(i64::from(leading));
+            if leader.changed().await.is_err() {
+                return;
+            }
+        }
+    });
+}

@@ -1,0 +1,213 @@
+//! The three watches the reporter lives on: pods (cluster-wide or per watched
+//! namespace), namespaces (for namespace selectors) and KosliEnvironments.
+//!
+//! kube-runtime watchers with its default backoff: a failing list or watch is
+//! retried, never turned into an empty view. A (re-)list is buffered by the store
+//! and swapped in whole; until then its watch counts as unsynced.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use kube::ResourceExt;
+use kube::api::Api;
+use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Event};
+
+use crate::crd::KosliEnvironment;
+use crate::pod::PodRecord;
+use crate::reporter::Context;
+use crate::store::pod_key;
+
+fn config() -> watcher::Config {
+    // resourceVersion=0 lists from the API server's cache, sparing etcd; the
+    // watch that follows brings the view up to date.
+    watcher::Config::default().any_semantic()
+}
+
+/// Feeds one pod store: `namespace` `None` watches the whole cluster.
+pub async fn watch_pods(ctx: Arc<Context>, namespace: Option<String>) {
+    let api: Api<Pod> = match &namespace {
+        Some(ns) => Api::namespaced(ctx.client.clone(), ns),
+        None => Api::all(ctx.client.clone()),
+    };
+    let scope = namespace.clone();
+    let mut stream = watcher::watcher(api, config()).default_backoff().boxed();
+    loop {
+        let event = tokio::select! {
+            () = ctx.shutdown.cancelled() => return,
+            event = stream.next() => match event {
+                Some(event) => event,
+                None => return,
+            },
+        };
+        let event = match event {
+            Ok(event) => event,
+            Err(e) => {
+                ctx.metrics.watch_errors.with_label_values(&["pods"]).inc();
+                tracing::warn!(namespace = ?scope, "pod watch failed, retrying: {e}");
+                continue;
+            }
+        };
+        let (changes, listed) = {
+            let mut state = ctx.write_state();
+            let Some(store) = state.pod_scopes.get_mut(&scope) else {
+                return;
+            };
+            let result = match event {
+                Event::Apply(pod) => {
+                    let record = PodRecord::from(&pod);
+                    (
+                        store.apply(pod_key(&record), record).into_iter().collect(),
+                        false,
+                    )
+                }
+                Event::Delete(pod) => {
+                    let key = (pod.namespace().unwrap_or_default(), pod.name_any());
+                    (store.delete(&key).into_iter().collect(), false)
+                }
+                Event::Init => {
+                    if store.is_synced() {
+                        ctx.metrics
+                            .watch_restarts
+                            .with_label_values(&["pods"])
+                            .inc();
+                        tracing::info!(namespace = ?scope, "pod watch re-listing; reports wait for it");
+                    }
+                    store.relist_started();
+                    (Vec::new(), false)
+                }
+                Event::InitApply(pod) => {
+                    let record = PodRecord::from(&pod);
+                    store.relisted(pod_key(&record), record);
+                    (Vec::new(), false)
+                }
+                Event::InitDone => {
+                    let changes = store.relist_done();
+                    tracing::info!(namespace = ?scope, pods = store.len(), "pod watch synced");
+                    (changes, true)
+                }
+            };
+            ctx.metrics
+                .store_pods
+                .set(i64::try_from(state.pod_count()).unwrap_or(i64::MAX));
+            result
+        };
+        if listed {
+            // The view just became complete: every environment checks, even if
+            // nothing it selects changed (the first report after start).
+            ctx.wake_all();
+        } else {
+            ctx.pods_changed(&changes);
+        }
+    }
+}
+
+/// Feeds the namespace labels that namespace selectors match.
+pub async fn watch_namespaces(ctx: Arc<Context>) {
+    let api: Api<Namespace> = Api::all(ctx.client.clone());
+    let mut stream = watcher::watcher(api, config()).default_backoff().boxed();
+    loop {
+        let event = tokio::select! {
+            () = ctx.shutdown.cancelled() => return,
+            event = stream.next() => match event {
+                Some(event) => event,
+                None => return,
+            },
+        };
+        let event = match event {
+            Ok(event) => event,
+            Err(e) => {
+                ctx.metrics
+                    .watch_errors
+                    .with_label_values(&["namespaces"])
+                    .inc();
+                tracing::warn!("namespace watch failed, retrying: {e}");
+                continue;
+            }
+        };
+        let (changed, synced_now) = {
+            let mut state = ctx.write_state();
+            let store = &mut state.namespaces;
+            let result = match event {
+                Event::Apply(ns) => (
+                    store.apply(ns.name_any(), ns.labels().clone()).is_some(),
+                    false,
+                ),
+                Event::Delete(ns) => (store.delete(&ns.name_any()).is_some(), false),
+                Event::Init => {
+                    if store.is_synced() {
+                        ctx.metrics
+                            .watch_restarts
+                            .with_label_values(&["namespaces"])
+                            .inc();
+                    }
+                    store.relist_started();
+                    (false, false)
+                }
+                Event::InitApply(ns) => {
+                    store.relisted(ns.name_any(), ns.labels().clone());
+                    (false, false)
+                }
+                Event::InitDone => {
+                    store.relist_done();
+                    (true, true)
+                }
+            };
+            ctx.metrics
+                .store_namespaces
+                .set(i64::try_from(state.namespaces.len()).unwrap_or(i64::MAX));
+            result
+        };
+        if changed || synced_now {
+            ctx.namespaces_changed();
+        }
+    }
+}
+
+/// Starts, updates and stops a worker per KosliEnvironment.
+pub async fn watch_environments(ctx: Arc<Context>) {
+    let api: Api<KosliEnvironment> = Api::all(ctx.client.clone());
+    let mut config = watcher::Config::default();
+    if let Some(selector) = &ctx.options.environment_selector {
+        config = config.labels(selector);
+    }
+    let mut stream = watcher::watcher(api, config).default_backoff().boxed();
+    let mut relisted: Option<BTreeSet<String>> = None;
+    loop {
+        let event = tokio::select! {
+            () = ctx.shutdown.cancelled() => return,
+            event = stream.next() => match event {
+                Some(event) => event,
+                None => return,
+            },
+        };
+        match event {
+            Ok(Event::Apply(env)) => ctx.environment_applied(env),
+            Ok(Event::Delete(env)) => {
+                ctx.environment_deleted(&env.name_any());
+                ctx.metrics.forget_environment(&env.environment_name());
+            }
+            Ok(Event::Init) => relisted = Some(BTreeSet::new()),
+            Ok(Event::InitApply(env)) => {
+                relisted
+                    .get_or_insert_with(BTreeSet::new)
+                    .insert(env.name_any());
+                ctx.environment_applied(env);
+            }
+            Ok(Event::InitDone) => {
+                ctx.retain_environments(&relisted.take().unwrap_or_default());
+                ctx.set_environments_synced();
+                tracing::info!("KosliEnvironment watch synced");
+            }
+            Err(e) => {
+                ctx.metrics
+                    .watch_errors
+                    .with_label_values(&["koslienvironments"])
+                    .inc();
+                tracing::warn!("KosliEnvironment watch failed, retrying: {e}");
+            }
+        }
+    }
+}
