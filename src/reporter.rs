@@ -29,6 +29,9 @@ use crate::snapshot::{self, Snapshot};
 use crate::status::{Outcome, desired_conditions, merge_conditions};
 use crate::store::{Change, ClusterState};
 
+/// The field manager of everything the reporter writes.
+pub const FIELD_MANAGER: &str = "kosli-operator";
+
 /// How the reporter paces itself.
 #[derive(Clone, Debug)]
 pub struct ReporterOptions {
@@ -273,6 +276,8 @@ struct Worker {
     notify: Arc<Notify>,
     cancel: CancellationToken,
     leader: watch::Receiver<bool>,
+    /// Leadership as last seen: only a false -> true change starts a new term.
+    leading: bool,
     /// Hash and time of the last report Kosli accepted (this leadership term).
     last_sent: Option<(String, Instant)>,
     last_reported_at: Option<Time>,
@@ -312,7 +317,8 @@ impl Worker {
         notify: Arc<Notify>,
         cancel: CancellationToken,
     ) -> Self {
-        let leader = ctx.leader.clone();
+        let mut leader = ctx.leader.clone();
+        let leading = *leader.borrow_and_update();
         Self {
             ctx,
             name,
@@ -320,6 +326,7 @@ impl Worker {
             notify,
             cancel,
             leader,
+            leading,
             last_sent: None,
             last_reported_at: None,
             last_changed_at: None,
@@ -369,10 +376,14 @@ impl Worker {
                     if changed.is_err() {
                         return;
                     }
-                    // A new term starts from scratch: another process may have
-                    // reported meanwhile, so report and write status afresh.
-                    self.last_sent = None;
-                    self.written = None;
+                    let leading = *self.leader.borrow_and_update();
+                    if leading && !self.leading {
+                        // A new term starts from scratch: another process may have
+                        // reported meanwhile, so report and write status afresh.
+                        self.last_sent = None;
+                        self.written = None;
+                    }
+                    self.leading = leading;
                 }
                 () = tokio::time::sleep_until(wake_at.into()) => {}
             }
@@ -419,7 +430,7 @@ impl Worker {
     }
 
     async fn attempt(&mut self) {
-        if !*self.leader.borrow() {
+        if !self.leading {
             return;
         }
         let env = self.env();
@@ -470,7 +481,10 @@ impl Worker {
 
     /// The compiled selection, or why the spec cannot be served.
     fn check_spec(&self, env: &KosliEnvironment) -> Result<Arc<Selection>, String> {
-        let selection = env.spec.validate().map_err(|e| e.to_string())?;
+        let selection = env.spec.validate().map_err(|e| match e {
+            crate::Error::Config(message) => message,
+            other => other.to_string(),
+        })?;
         crate::crd::validate_environment_name(&env.environment_name())
             .map_err(|e| format!("spec.name: {e}"))?;
         if let Some(watched) = &self.ctx.options.watch_namespaces {
@@ -690,9 +704,16 @@ impl Worker {
             return;
         }
         let api: Api<KosliEnvironment> = Api::all(self.ctx.client.clone());
-        let patch = json!({ "status": status });
+        // Server-side apply: fields this manager wrote before and leaves out now
+        // (a cleared lastKosliError) are removed, which a merge patch would not do.
+        let patch = json!({
+            "apiVersion": "kosli.com/v1alpha1",
+            "kind": "KosliEnvironment",
+            "status": status,
+        });
+        let params = PatchParams::apply(FIELD_MANAGER).force();
         match api
-            .patch_status(&self.name, &PatchParams::default(), &Patch::Merge(&patch))
+            .patch_status(&self.name, &params, &Patch::Apply(&patch))
             .await
         {
             Ok(_) => self.written = Some(status),

@@ -2,6 +2,7 @@
 #![allow(dead_code, clippy::unwrap_used)]
 
 pub mod fake_kosli;
+pub mod operator;
 pub mod testenv;
 
 use std::path::PathBuf;

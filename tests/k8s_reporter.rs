@@ -1,0 +1,585 @@
+//! `kosli-operator run` against the real kube-apiserver and the strict fake
+//! Kosli: reports follow pod changes within seconds, only the leader reports,
+//! Kosli failures are retried and shown in status, invalid specs are Degraded,
+//! and a restarted apiserver never causes a partial report.
+
+#![allow(clippy::unwrap_used)] // tests may panic on what they do not expect
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::events::v1::Event;
+use kosli_operator::crd::{KosliEnvironment, KosliEnvironmentStatus};
+use kube::Client;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use serde_json::{Value, json};
+use support::fake_kosli::{FakeKosli, Scripted};
+use support::operator::{Operator, eventually};
+use support::testenv::{
+    RunningContainer, TestEnv, apply_crd, create_namespace, running_pod, unique,
+};
+
+const NGINX: &str = "1111111111111111111111111111111111111111111111111111111111111111";
+const REDIS: &str = "2222222222222222222222222222222222222222222222222222222222222222";
+const SECONDS: Duration = Duration::from_secs(15);
+
+struct Setup {
+    env: TestEnv,
+    client: Client,
+    fake: FakeKosli,
+    /// Labels this test's KosliEnvironments and names its Lease.
+    id: String,
+}
+
+async fn setup() -> Setup {
+    let env = TestEnv::get();
+    let client = env.client().await;
+    apply_crd(&client).await;
+    Setup {
+        env,
+        client,
+        fake: FakeKosli::start().await,
+        id: unique("t"),
+    }
+}
+
+impl Setup {
+    /// A KosliEnvironment of this test, registered in the fake Kosli.
+    async fn environment(&self, name: &str, spec: Value) -> String {
+        let name = format!("{}-{name}", self.id);
+        let mut object: KosliEnvironment = serde_json::from_value(json!({
+            "apiVersion": "kosli.com/v1alpha1", "kind": "KosliEnvironment",
+            "metadata": {"name": name, "labels": {"test": self.id}},
+            "spec": spec,
+        }))
+        .unwrap();
+        object.metadata.resource_version = None;
+        Api::<KosliEnvironment>::all(self.client.clone())
+            .create(&PostParams::default(), &object)
+            .await
+            .unwrap();
+        self.fake.add_environment(&name, "K8S");
+        name
+    }
+
+    fn operator(&self, extra: &[&str], env: &[(&str, &str)]) -> Operator {
+        Operator::start(
+            &self.env.kubeconfig,
+            &self.fake,
+            &self.id,
+            &format!("lease-{}", self.id),
+            extra,
+            env,
+        )
+    }
+
+    async fn status(&self, name: &str) -> KosliEnvironmentStatus {
+        Api::<KosliEnvironment>::all(self.client.clone())
+            .get(name)
+            .await
+            .unwrap()
+            .status
+            .unwrap_or_default()
+    }
+
+    /// Waits until the latest report for `env` satisfies `check`.
+    async fn report_where(&self, env: &str, what: &str, check: impl Fn(&Value) -> bool) -> Value {
+        eventually(SECONDS, what, || async {
+            self.fake.reports(env).last().filter(|r| check(r)).cloned()
+        })
+        .await
+    }
+}
+
+fn pod_names(report: &Value) -> Vec<String> {
+    report["artifacts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["podName"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+fn condition<'a>(
+    status: &'a KosliEnvironmentStatus,
+    type_: &str,
+) -> Option<&'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+    status.conditions.iter().find(|c| c.type_ == type_)
+}
+
+fn has_condition(status: &KosliEnvironmentStatus, type_: &str, value: &str, reason: &str) -> bool {
+    condition(status, type_).is_some_and(|c| c.status == value && c.reason == reason)
+}
+
+#[tokio::test]
+async fn reports_follow_pods_within_seconds_and_status_tells() {
+    let s = setup().await;
+    let ns = unique("rep");
+    create_namespace(&s.client, &ns, &[]).await;
+    let name = s.environment("shop", json!({"namespaces": [ns]})).await;
+    let mut op = s.operator(&[], &[]);
+    op.wait_ready().await;
+
+    // Synced: reported once even though nothing runs yet.
+    s.report_where(&name, "the first, empty report", |r| {
+        *r == json!({"artifacts": []})
+    })
+    .await;
+
+    let web = RunningContainer::pulled("web", "docker.io/library/nginx:1.27", NGINX);
+    let started = Instant::now();
+    let pod = running_pod(
+        &s.client,
+        &ns,
+        "web-1",
+        &[("app", "web")],
+        std::slice::from_ref(&web),
+    )
+    .await;
+    let expected = json!({"artifacts": [{
+        "podName": "web-1", "namespace": ns,
+        "digests": {"docker.io/library/nginx:1.27": NGINX},
+        "creationTimestamp": pod.metadata.creation_timestamp.as_ref().unwrap().0.as_second(),
+        "owners": null,
+    }]});
+    s.report_where(&name, "the report with web-1", |r| *r == expected)
+        .await;
+    let latency = started.elapsed();
+    assert!(latency < Duration::from_secs(10), "took {latency:?}");
+
+    let status = eventually(SECONDS, "status after the report", || async {
+        let st = s.status(&name).await;
+        (st.pod_count == Some(1) && has_condition(&st, "Ready", "True", "Reported")).then_some(st)
+    })
+    .await;
+    assert_eq!(status.artifact_count, Some(1));
+    assert_eq!(status.config_id_fingerprints, Some(0));
+    assert_eq!(status.environment.as_deref(), Some(name.as_str()));
+    assert_eq!(status.compliance.as_deref(), Some("unknown"));
+    assert!(
+        status
+            .kosli_url
+            .as_deref()
+            .unwrap()
+            .ends_with(&format!("/environments/{name}"))
+    );
+    assert!(status.last_reported_at.is_some() && status.last_changed_at.is_some());
+    let sent_body = s
+        .fake
+        .requests()
+        .into_iter()
+        .rev()
+        .find(|r| r.method == "PUT")
+        .unwrap()
+        .body;
+    use sha2::Digest as _;
+    assert_eq!(
+        status.snapshot_hash.as_deref(),
+        Some(hex::encode(sha2::Sha256::digest(&sent_body)).as_str())
+    );
+    assert!(
+        status
+            .conditions
+            .iter()
+            .all(|c| c.observed_generation == Some(1))
+    );
+
+    Api::<Pod>::namespaced(s.client.clone(), &ns)
+        .delete("web-1", &DeleteParams::default().grace_period(0))
+        .await
+        .unwrap();
+    s.report_where(&name, "the report without web-1", |r| {
+        *r == json!({"artifacts": []})
+    })
+    .await;
+
+    let sent = op
+        .metric(&format!(
+            "kosli_operator_reports_total{{environment=\"{name}\",result=\"sent\"}}"
+        ))
+        .await;
+    assert_eq!(sent, Some(3.0), "{}", op.metrics().await);
+    assert_eq!(op.metric("kosli_operator_leader").await, Some(1.0));
+    assert!(
+        op.metric(&format!(
+            "kosli_operator_report_payload_bytes{{environment=\"{name}\"}}"
+        ))
+        .await
+        .is_some()
+    );
+    let exit = op.terminate().await;
+    assert!(exit.success(), "{exit}: {}", op.log());
+}
+
+#[tokio::test]
+async fn pods_move_between_environments_with_their_labels() {
+    let s = setup().await;
+    let ns = unique("move");
+    let other_ns = unique("move-ns");
+    create_namespace(&s.client, &ns, &[]).await;
+    create_namespace(&s.client, &other_ns, &[]).await;
+    let a = s
+        .environment(
+            "a",
+            json!({"namespaces": [ns], "podSelector": {"matchLabels": {"tier": "a"}}}),
+        )
+        .await;
+    let b = s
+        .environment(
+            "b",
+            json!({"namespaces": [ns], "podSelector": {"matchLabels": {"tier": "b"}}}),
+        )
+        .await;
+    let team = s
+        .environment(
+            "team",
+            json!({"namespaceSelector": {"matchLabels": {"team": s.id.clone()}}}),
+        )
+        .await;
+    let mut op = s.operator(&[], &[]);
+    op.wait_ready().await;
+
+    let web = RunningContainer::pulled("web", "docker.io/library/nginx:1.27", NGINX);
+    running_pod(
+        &s.client,
+        &ns,
+        "p",
+        &[("tier", "a")],
+        std::slice::from_ref(&web),
+    )
+    .await;
+    s.report_where(&a, "p in a", |r| pod_names(r) == ["p"])
+        .await;
+    s.report_where(&b, "b empty", |r| pod_names(r).is_empty())
+        .await;
+
+    let relabel = json!({"metadata": {"labels": {"tier": "b"}}});
+    Api::<Pod>::namespaced(s.client.clone(), &ns)
+        .patch("p", &PatchParams::default(), &Patch::Merge(&relabel))
+        .await
+        .unwrap();
+    s.report_where(&a, "p gone from a", |r| pod_names(r).is_empty())
+        .await;
+    s.report_where(&b, "p in b", |r| pod_names(r) == ["p"])
+        .await;
+
+    let redis = RunningContainer::pulled("redis", "docker.io/library/redis:7", REDIS);
+    running_pod(&s.client, &other_ns, "q", &[], std::slice::from_ref(&redis)).await;
+    s.report_where(&team, "team empty while its namespace is unlabelled", |r| {
+        pod_names(r).is_empty()
+    })
+    .await;
+    let label = json!({"metadata": {"labels": {"team": s.id}}});
+    let namespaces: Api<Namespace> = Api::all(s.client.clone());
+    namespaces
+        .patch(&other_ns, &PatchParams::default(), &Patch::Merge(&label))
+        .await
+        .unwrap();
+    s.report_where(&team, "q joins with its namespace label", |r| {
+        pod_names(r) == ["q"]
+    })
+    .await;
+    let unlabel = json!({"metadata": {"labels": {"team": null}}});
+    namespaces
+        .patch(&other_ns, &PatchParams::default(), &Patch::Merge(&unlabel))
+        .await
+        .unwrap();
+    s.report_where(&team, "q leaves with the label", |r| {
+        pod_names(r).is_empty()
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn unchanged_snapshots_are_resent_only_at_the_heartbeat() {
+    let s = setup().await;
+    let ns = unique("beat");
+    create_namespace(&s.client, &ns, &[]).await;
+    let web = RunningContainer::pulled("web", "docker.io/library/nginx:1.27", NGINX);
+    running_pod(&s.client, &ns, "web", &[], std::slice::from_ref(&web)).await;
+    let name = s
+        .environment("beat", json!({"namespaces": [ns], "heartbeatSeconds": 30}))
+        .await;
+    let mut op = s.operator(&[], &[]);
+    op.wait_ready().await;
+    s.report_where(&name, "the first report", |r| pod_names(r) == ["web"])
+        .await;
+    let first = Instant::now();
+
+    // Changes that do not touch the report (an annotation) send nothing.
+    let annotate = json!({"metadata": {"annotations": {"touched": "yes"}}});
+    Api::<Pod>::namespaced(s.client.clone(), &ns)
+        .patch("web", &PatchParams::default(), &Patch::Merge(&annotate))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(
+        s.fake.reports(&name).len(),
+        1,
+        "nothing changed: nothing sent"
+    );
+
+    eventually(Duration::from_secs(40), "the heartbeat", || async {
+        (s.fake.reports(&name).len() == 2).then_some(())
+    })
+    .await;
+    let gap = first.elapsed();
+    assert!(
+        gap >= Duration::from_secs(28),
+        "heartbeat after only {gap:?}"
+    );
+    let reports = s.fake.reports(&name);
+    assert_eq!(
+        reports[0], reports[1],
+        "the heartbeat resends the same snapshot"
+    );
+    drop(op);
+}
+
+#[tokio::test]
+async fn kosli_failures_are_retried_shown_and_cleared() {
+    let s = setup().await;
+    let ns = unique("flaky");
+    create_namespace(&s.client, &ns, &[]).await;
+    let name = s.environment("flaky", json!({"namespaces": [ns]})).await;
+    // Within one attempt the client retries 500, 429 (Retry-After) and 409.
+    s.fake.script([
+        Scripted::status(500, "boom"),
+        Scripted::status(429, "slow down").retry_after("1"),
+        Scripted::status(409, "locked"),
+    ]);
+    let mut op = s.operator(&[], &[("KOSLI_MAX_API_RETRIES", "3")]);
+    op.wait_ready().await;
+    s.report_where(&name, "the report after three retries", |r| {
+        pod_names(r).is_empty()
+    })
+    .await;
+    for status in ["500", "429", "409"] {
+        let retries = op
+            .metric(&format!(
+                "kosli_operator_kosli_retries_total{{status=\"{status}\"}}"
+            ))
+            .await;
+        assert_eq!(
+            retries,
+            Some(1.0),
+            "retries after {status}: {}",
+            op.metrics().await
+        );
+    }
+    drop(op);
+
+    // With no retries left in the client, failures show in status until Kosli recovers.
+    let s = setup().await;
+    let name = s
+        .environment("down", json!({"namespaces": [unique("down")]}))
+        .await;
+    s.fake.script(std::iter::repeat_n(
+        Scripted::page(503, "<html>maintenance</html>"),
+        3,
+    ));
+    let mut op = s.operator(&[], &[("KOSLI_MAX_API_RETRIES", "0")]);
+    op.wait_ready().await;
+    let failing = eventually(SECONDS, "a failing status", || async {
+        let st = s.status(&name).await;
+        has_condition(&st, "Ready", "False", "KosliUnavailable").then_some(st)
+    })
+    .await;
+    assert_eq!(
+        failing.last_kosli_error.as_ref().and_then(|e| e.code),
+        Some(503)
+    );
+    assert!(
+        failing
+            .last_kosli_error
+            .as_ref()
+            .unwrap()
+            .message
+            .contains("maintenance")
+    );
+    assert!(
+        has_condition(&failing, "Degraded", "False", "AsExpected"),
+        "transient failures are not Degraded"
+    );
+    let failed = op
+        .metric(&format!(
+            "kosli_operator_reports_total{{environment=\"{name}\",result=\"failed\"}}"
+        ))
+        .await;
+    assert!(failed >= Some(1.0), "{}", op.metrics().await);
+
+    let recovered = eventually(Duration::from_secs(30), "recovery", || async {
+        let st = s.status(&name).await;
+        has_condition(&st, "Ready", "True", "Reported").then_some(st)
+    })
+    .await;
+    assert!(
+        recovered.last_kosli_error.is_none(),
+        "recovery clears the error"
+    );
+    assert_eq!(s.fake.reports(&name).len(), 1);
+    let events: Api<Event> = Api::namespaced(s.client.clone(), "kube-system");
+    let reasons: Vec<String> = events
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name.as_str()))
+        .filter_map(|e| e.reason)
+        .collect();
+    assert!(
+        reasons.contains(&"ReportFailed".to_owned())
+            && reasons.contains(&"ReportRecovered".to_owned()),
+        "{reasons:?}"
+    );
+}
+
+#[tokio::test]
+async fn rejected_credentials_degrade_without_a_hot_loop() {
+    let s = setup().await;
+    let ns = unique("auth");
+    create_namespace(&s.client, &ns, &[]).await;
+    let name = s.environment("auth", json!({"namespaces": [ns]})).await;
+    let mut op = s.operator(&[], &[("KOSLI_API_TOKEN", "revoked-token")]);
+    op.wait_ready().await;
+    let degraded = eventually(SECONDS, "Degraded", || async {
+        let st = s.status(&name).await;
+        has_condition(&st, "Degraded", "True", "Unauthorized").then_some(st)
+    })
+    .await;
+    assert_eq!(
+        degraded.last_kosli_error.as_ref().and_then(|e| e.code),
+        Some(401)
+    );
+    assert!(
+        !op.log().contains("revoked-token"),
+        "the token never reaches the log"
+    );
+    let before = s.fake.requests().len();
+    // Pod churn does not retrigger a request that cannot succeed.
+    let web = RunningContainer::pulled("web", "docker.io/library/nginx:1.27", NGINX);
+    running_pod(&s.client, &ns, "web", &[], std::slice::from_ref(&web)).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(
+        s.fake.requests().len(),
+        before,
+        "no retries after a 401 until something changes"
+    );
+}
+
+#[tokio::test]
+async fn invalid_specs_are_degraded_naming_the_field() {
+    let s = setup().await;
+    let regex = s
+        .environment("regex", json!({"namespacesRegex": ["team-("]}))
+        .await;
+    let mixed = s
+        .environment(
+            "mixed",
+            json!({"namespaces": ["a"], "excludeNamespaces": ["b"]}),
+        )
+        .await;
+    let selector = s
+        .environment(
+            "selector",
+            json!({"podSelector": {"matchExpressions": [{"key": "k", "operator": "Near"}]}}),
+        )
+        .await;
+    let mut op = s.operator(&[], &[]);
+    op.wait_ready().await;
+    for (name, field) in [
+        (&regex, "spec.namespacesRegex"),
+        (&mixed, "spec.namespaces"),
+        (&selector, "spec.podSelector"),
+    ] {
+        let st = eventually(SECONDS, "Degraded InvalidSpec", || async {
+            let st = s.status(name).await;
+            has_condition(&st, "Degraded", "True", "InvalidSpec").then_some(st)
+        })
+        .await;
+        let message = &condition(&st, "Degraded").unwrap().message;
+        assert!(message.starts_with(field), "{message}");
+    }
+    assert!(
+        s.fake.requests().is_empty(),
+        "nothing is sent for an invalid spec"
+    );
+
+    // Fixing the spec recovers.
+    let fix = json!({"spec": {"namespacesRegex": ["^team-"]}});
+    Api::<KosliEnvironment>::all(s.client.clone())
+        .patch(&regex, &PatchParams::default(), &Patch::Merge(&fix))
+        .await
+        .unwrap();
+    eventually(SECONDS, "Ready after the fix", || async {
+        let st = s.status(&regex).await;
+        (has_condition(&st, "Ready", "True", "Reported") && st.observed_generation == Some(2))
+            .then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn only_the_leader_reports_and_a_standby_takes_over() {
+    let s = setup().await;
+    let ns = unique("lead");
+    create_namespace(&s.client, &ns, &[]).await;
+    let name = s.environment("lead", json!({"namespaces": [ns]})).await;
+    let mut first = s.operator(&[], &[]);
+    first.wait_ready().await;
+    eventually(SECONDS, "a leader", || async {
+        (first.metric("kosli_operator_leader").await == Some(1.0)).then_some(())
+    })
+    .await;
+    let mut second = s.operator(&[], &[]);
+    second.wait_ready().await;
+    s.report_where(&name, "the first report", |r| pod_names(r).is_empty())
+        .await;
+
+    let web = RunningContainer::pulled("web", "docker.io/library/nginx:1.27", NGINX);
+    running_pod(&s.client, &ns, "web", &[], std::slice::from_ref(&web)).await;
+    s.report_where(&name, "web reported", |r| pod_names(r) == ["web"])
+        .await;
+    let sent = format!("kosli_operator_reports_total{{environment=\"{name}\",result=\"sent\"}}");
+    assert_eq!(second.metric("kosli_operator_leader").await, Some(0.0));
+    assert_eq!(second.metric(&sent).await, None, "a standby sends nothing");
+    assert_eq!(first.metric(&sent).await, Some(2.0));
+
+    // A crash: the Lease is not released, the standby waits for it to expire.
+    let killed = Instant::now();
+    first.kill();
+    let reports_before = s.fake.reports(&name).len();
+    eventually(Duration::from_secs(30), "the standby to report", || async {
+        (s.fake.reports(&name).len() > reports_before).then_some(())
+    })
+    .await;
+    let takeover = killed.elapsed();
+    assert!(
+        takeover < Duration::from_secs(25),
+        "takeover took {takeover:?}"
+    );
+    assert_eq!(
+        pod_names(s.fake.reports(&name).last().unwrap()),
+        ["web"],
+        "the new leader reports the full set"
+    );
+    assert_eq!(second.metric("kosli_operator_leader").await, Some(1.0));
+
+    // A graceful stop releases the Lease: a new standby takes over at once.
+    let mut third = s.operator(&[], &[]);
+    third.wait_ready().await;
+    let stopped = Instant::now();
+    assert!(second.terminate().await.success());
+    eventually(SECONDS, "the third to lead", || async {
+        (third.metric("kosli_operator_leader").await == Some(1.0)).then_some(())
+    })
+    .await;
+    assert!(
+        stopped.elapsed() < Duration::from_secs(8),
+        "released lease taken over in {:?}",
+        stopped.elapsed()
+    );
+}

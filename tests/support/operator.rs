@@ -1,0 +1,179 @@
+//! `kosli-operator run` as a child process, for tests against the real
+//! apiserver: started with the fake Kosli's settings, probed over its HTTP port,
+//! stopped with SIGTERM or killed like a crashed pod.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::fake_kosli::{FakeKosli, ORG, TOKEN};
+
+pub struct Operator {
+    child: Child,
+    pub http: String,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Operator {
+    /// Starts the operator on `kubeconfig`, handling only KosliEnvironments
+    /// labelled `test=<selector>`, with the Lease `lease`.
+    pub fn start(
+        kubeconfig: &Path,
+        fake: &FakeKosli,
+        selector: &str,
+        lease: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("operator.log");
+        let port = free_port();
+        let mut cmd = Command::new(super::binary());
+        cmd.args([
+            "run",
+            "--kubeconfig",
+            kubeconfig.to_str().unwrap(),
+            "--http-addr",
+            &format!("127.0.0.1:{port}"),
+            "--environment-selector",
+            &format!("test={selector}"),
+            "--lease-name",
+            lease,
+            "--lease-namespace",
+            "default",
+            "--debounce",
+            "200ms",
+            "--max-debounce",
+            "2s",
+        ])
+        .args(extra)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("RUST_LOG", "info")
+        .env("KOSLI_HOST", &fake.url)
+        .env("KOSLI_ORG", ORG)
+        .env("KOSLI_API_TOKEN", TOKEN)
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(dir.path().join("stdout.log")).unwrap())
+        .stderr(std::fs::File::create(&log).unwrap());
+        let child = cmd.spawn().unwrap();
+        Self {
+            child,
+            http: format!("http://127.0.0.1:{port}"),
+            log,
+            _dir: dir,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    async fn get(&self, path: &str) -> Option<(u16, String)> {
+        kosli_operator::tls::install_crypto_provider();
+        let response = reqwest::Client::new()
+            .get(format!("{}{path}", self.http))
+            .send()
+            .await
+            .ok()?;
+        let status = response.status().as_u16();
+        Some((status, response.text().await.ok()?))
+    }
+
+    /// Waits for /readyz, failing with the operator's log if it never comes.
+    pub async fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Some((200, _)) = self.get("/readyz").await {
+                return;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("operator exited with {status}:\n{}", self.log());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("operator not ready within 30 s:\n{}", self.log());
+    }
+
+    pub async fn metrics(&self) -> String {
+        self.get("/metrics")
+            .await
+            .map(|(_, body)| body)
+            .unwrap_or_default()
+    }
+
+    /// The value of one series, e.g. `kosli_operator_leader` or
+    /// `kosli_operator_reports_total{environment="x",result="sent"}`.
+    pub async fn metric(&self, series: &str) -> Option<f64> {
+        self.metrics().await.lines().find_map(|line| {
+            line.strip_prefix(series)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
+    }
+
+    /// SIGTERM, then waits for a clean exit.
+    pub async fn terminate(&mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "operator did not stop on SIGTERM:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// SIGKILL: a crash, with no chance to release the Lease.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Polls `check` every 100 ms until it returns `Some`, or panics with `what`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
