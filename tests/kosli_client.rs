@@ -539,3 +539,28 @@ async fn ca_bundle_problems_are_clear_errors() {
             .contains("holds no PEM certificate")
     );
 }
+
+#[tokio::test]
+async fn token_file_is_reread_when_it_changes() {
+    let fake = FakeKosli::start().await;
+    fake.add_environment("prod", "K8S");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("token");
+    std::fs::write(&path, "old-revoked-token\n").unwrap();
+    let mut cfg = config(&fake.url);
+    cfg.token = ApiToken::new("");
+    cfg.token_file = Some(path.clone());
+    let c = KosliClient::new(&cfg).unwrap();
+    let err = c.report_k8s("prod", report_body()).await.unwrap_err();
+    assert_eq!(err.kosli_status(), Some(401));
+
+    // A Secret rotation replaces the file; the next request uses the new token.
+    std::fs::write(&path, format!("{TOKEN}\n")).unwrap();
+    c.report_k8s("prod", report_body()).await.expect("the rotated token is used");
+    assert_eq!(fake.reports("prod").len(), 1);
+
+    // Mid-rotation the file may be briefly empty: the last good token stays.
+    std::fs::write(&path, "").unwrap();
+    c.report_k8s("prod", report_body()).await.expect("the last good token is kept");
+    assert!(KosliClient::new(&cfg).is_err(), "an empty token file is refused at start");
+}
