@@ -133,10 +133,7 @@ pub fn decide(
         Some(h) if h == identity => Decision::Renew,
         Some(_) => {
             let valid_for = lease_duration.max(declared_duration(record));
-            if record.and_then(|s| s.renew_time.clone()).is_none_or(|t| {
-                Timestamp::now()
-                    > t.0 + jiff::SignedDuration::try_from(valid_for).unwrap_or_default()
-            }) {
+            if now.saturating_duration_since(observed_at) >= valid_for {
                 Decision::Acquire
             } else {
                 Decision::Standby
@@ -781,13 +778,16 @@ mod tests {
 
     #[test]
     fn lease_seconds_round_up() {
-        let mut config = LeaseConfig::default();
-        config.lease_duration = Duration::from_millis(2500);
-        assert_eq!(config.lease_seconds(), 3);
-        config.lease_duration = Duration::from_secs(15);
-        assert_eq!(config.lease_seconds(), 15);
-        config.lease_duration = Duration::from_millis(10);
-        assert_eq!(config.lease_seconds(), 1);
+        let seconds = |lease_duration| {
+            LeaseConfig {
+                lease_duration,
+                ..LeaseConfig::default()
+            }
+            .lease_seconds()
+        };
+        assert_eq!(seconds(Duration::from_millis(2500)), 3);
+        assert_eq!(seconds(Duration::from_secs(15)), 15);
+        assert_eq!(seconds(Duration::from_millis(10)), 1);
     }
 
     #[test]
