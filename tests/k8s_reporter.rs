@@ -583,3 +583,141 @@ async fn only_the_leader_reports_and_a_standby_takes_over() {
         stopped.elapsed()
     );
 }
+
+#[tokio::test]
+async fn dry_run_logs_bodies_and_sends_nothing() {
+    let s = setup().await;
+    let ns = unique("dry");
+    create_namespace(&s.client, &ns, &[]).await;
+    let web = RunningContainer::pulled("web", "docker.io/library/nginx:1.27", NGINX);
+    running_pod(&s.client, &ns, "web", &[], std::slice::from_ref(&web)).await;
+    let name = s
+        .environment("dry", json!({"namespaces": [ns], "autoCreate": true}))
+        .await;
+    let mut op = s.operator(&["--dry-run"], &[]);
+    op.wait_ready().await;
+    eventually(SECONDS, "status DryRun", || async {
+        let st = s.status(&name).await;
+        (has_condition(&st, "Reporting", "True", "DryRun") && st.pod_count == Some(1)).then_some(())
+    })
+    .await;
+    assert!(
+        op.log()
+            .contains(&format!("\"podName\":\"web\",\"namespace\":\"{ns}\"")),
+        "{}",
+        op.log()
+    );
+    assert!(s.fake.requests().is_empty(), "a dry run sends nothing");
+}
+
+#[tokio::test]
+async fn watched_namespaces_limit_what_environments_may_select() {
+    let s = setup().await;
+    let ns = unique("watched");
+    create_namespace(&s.client, &ns, &[]).await;
+    let web = RunningContainer::pulled("web", "docker.io/library/nginx:1.27", NGINX);
+    running_pod(&s.client, &ns, "web", &[], std::slice::from_ref(&web)).await;
+    let listed = s.environment("listed", json!({"namespaces": [ns]})).await;
+    let wide = s
+        .environment("wide", json!({"namespacesRegex": ["^watched-"]}))
+        .await;
+    let mut op = s.operator(&["--watch-namespaces", &ns], &[]);
+    op.wait_ready().await;
+    s.report_where(&listed, "the watched namespace's pods", |r| {
+        pod_names(r) == ["web"]
+    })
+    .await;
+    let st = eventually(
+        SECONDS,
+        "Degraded for a selection it cannot see whole",
+        || async {
+            let st = s.status(&wide).await;
+            has_condition(&st, "Degraded", "True", "InvalidSpec").then_some(st)
+        },
+    )
+    .await;
+    assert!(
+        condition(&st, "Degraded")
+            .unwrap()
+            .message
+            .contains("--watch-namespaces")
+    );
+    assert!(s.fake.reports(&wide).is_empty());
+}
+
+#[tokio::test]
+async fn auto_create_compliance_and_independent_environments() {
+    let s = setup().await;
+    let ns = unique("multi");
+    create_namespace(&s.client, &ns, &[]).await;
+    // Not known to Kosli: created first, with the description.
+    let fresh = format!("{}-fresh", s.id);
+    let object: KosliEnvironment = serde_json::from_value(json!({
+        "apiVersion": "kosli.com/v1alpha1", "kind": "KosliEnvironment",
+        "metadata": {"name": fresh, "labels": {"test": s.id}},
+        "spec": {"namespaces": [ns], "autoCreate": true, "description": "made by the operator"},
+    }))
+    .unwrap();
+    Api::<KosliEnvironment>::all(s.client.clone())
+        .create(&PostParams::default(), &object)
+        .await
+        .unwrap();
+    // Judged non-compliant by Kosli.
+    let judged = s.environment("judged", json!({"namespaces": [ns]})).await;
+    s.fake.set_compliance(&judged, Some(false));
+    // Kosli hangs on this one: the others must not wait for it.
+    let stuck = s.environment("stuck", json!({"namespaces": [ns]})).await;
+    s.fake
+        .script_for(&stuck, [Scripted::slow(Duration::from_secs(25))]);
+
+    let mut op = s.operator(&[], &[("KOSLI_MAX_API_RETRIES", "0")]);
+    op.wait_ready().await;
+    s.report_where(&fresh, "the created environment's report", |r| {
+        pod_names(r).is_empty()
+    })
+    .await;
+    let created = s.fake.state().environments[&fresh].clone();
+    assert_eq!(
+        (created.kind.as_str(), created.description.as_str()),
+        ("K8S", "made by the operator")
+    );
+    s.report_where(&judged, "the judged environment's report", |r| {
+        pod_names(r).is_empty()
+    })
+    .await;
+    assert!(
+        s.fake.reports(&stuck).is_empty(),
+        "still waiting on Kosli for {stuck}"
+    );
+
+    let st = eventually(SECONDS, "compliance in status", || async {
+        let st = s.status(&judged).await;
+        (st.compliance.as_deref() == Some("non-compliant")).then_some(st)
+    })
+    .await;
+    assert!(st.kosli_url.is_some());
+    let events: Api<Event> = Api::namespaced(s.client.clone(), "kube-system");
+    eventually(SECONDS, "a NonCompliant warning", || async {
+        events
+            .list(&ListParams::default())
+            .await
+            .ok()?
+            .items
+            .into_iter()
+            .find(|e| {
+                e.reason.as_deref() == Some("NonCompliant")
+                    && e.type_.as_deref() == Some("Warning")
+                    && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(judged.as_str())
+            })
+    })
+    .await;
+
+    // Nothing changes: the status is not rewritten (no status-write loop).
+    let api: Api<KosliEnvironment> = Api::all(s.client.clone());
+    let before = api.get(&judged).await.unwrap().metadata.resource_version;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        api.get(&judged).await.unwrap().metadata.resource_version,
+        before
+    );
+}

@@ -556,11 +556,18 @@ async fn token_file_is_reread_when_it_changes() {
 
     // A Secret rotation replaces the file; the next request uses the new token.
     std::fs::write(&path, format!("{TOKEN}\n")).unwrap();
-    c.report_k8s("prod", report_body()).await.expect("the rotated token is used");
+    c.report_k8s("prod", report_body())
+        .await
+        .expect("the rotated token is used");
     assert_eq!(fake.reports("prod").len(), 1);
 
     // Mid-rotation the file may be briefly empty: the last good token stays.
     std::fs::write(&path, "").unwrap();
-    c.report_k8s("prod", report_body()).await.expect("the last good token is kept");
-    assert!(KosliClient::new(&cfg).is_err(), "an empty token file is refused at start");
+    c.report_k8s("prod", report_body())
+        .await
+        .expect("the last good token is kept");
+    assert!(
+        KosliClient::new(&cfg).is_err(),
+        "an empty token file is refused at start"
+    );
 }

@@ -102,6 +102,8 @@ pub struct State {
     /// Accepted report bodies, per environment, in arrival order.
     pub reports: BTreeMap<String, Vec<Value>>,
     pub script: VecDeque<Scripted>,
+    /// Answers for requests about one environment only, before `script`.
+    pub env_script: BTreeMap<String, VecDeque<Scripted>>,
     /// Assert answers by fingerprint; unknown fingerprints get 404.
     pub asserts: BTreeMap<String, Value>,
 }
@@ -206,6 +208,21 @@ impl FakeKosli {
         self.state().script.extend(answers);
     }
 
+    /// Scripts the answers to requests about environment `env` only.
+    pub fn script_for(&self, env: &str, answers: impl IntoIterator<Item = Scripted>) {
+        self.state()
+            .env_script
+            .entry(env.to_owned())
+            .or_default()
+            .extend(answers);
+    }
+
+    pub fn set_compliance(&self, env: &str, state: Option<bool>) {
+        if let Some(e) = self.state().environments.get_mut(env) {
+            e.state = state;
+        }
+    }
+
     pub fn requests(&self) -> Vec<Recorded> {
         self.state().requests.clone()
     }
@@ -263,7 +280,13 @@ async fn handle(
     let scripted = {
         let mut state = state.lock().expect("state");
         state.requests.push(recorded.clone());
-        state.script.pop_front()
+        let segments: Vec<&str> = recorded.path.trim_start_matches('/').split('/').collect();
+        let env = match segments.as_slice() {
+            ["api", "v2", "environments", _, env, ..] => Some((*env).to_owned()),
+            _ => None,
+        };
+        env.and_then(|env| state.env_script.get_mut(&env)?.pop_front())
+            .or_else(|| state.script.pop_front())
     };
     if let Some(s) = scripted {
         tokio::time::sleep(s.delay).await;
