@@ -84,6 +84,9 @@ impl OwnCluster {
             .spawn()
             .unwrap();
         std::fs::write(&pid_file, child.id().to_string()).unwrap();
+        // stop.sh ends it by the pid file; this reaps it then.
+        let mut child = child;
+        std::thread::spawn(move || child.wait());
         eventually(
             Duration::from_secs(60),
             "the API server to come back",
