@@ -27,6 +27,8 @@ pub struct Cli {
 pub enum Command {
     /// Run the operator: report every KosliEnvironment to Kosli as pods change.
     Run(Box<RunArgs>),
+    /// Ask Kosli whether an image is compliant for an environment (exit 0 yes, 1 no).
+    Check(Box<CheckArgs>),
     /// Report the running pods of a cluster to Kosli once (a drop-in for `kosli snapshot k8s`).
     Snapshot(Box<SnapshotArgs>),
     /// Print the KosliEnvironment CustomResourceDefinition as YAML.
@@ -145,6 +147,34 @@ impl SnapshotArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// The image, by tag or digest (e.g. registry.example.com/app:1.2 or app@sha256:...).
+    pub image: String,
+
+    /// The Kosli environment whose rules apply.
+    #[arg(short = 'e', long)]
+    pub environment: Option<String>,
+
+    /// Kosli policies to assert instead of the environment's own (repeatable).
+    #[arg(long = "policy")]
+    pub policies: Vec<String>,
+
+    /// Registry username for resolving a tag (with REGISTRY_PASSWORD).
+    #[arg(long, env = "REGISTRY_USERNAME")]
+    pub registry_username: Option<String>,
+
+    #[arg(long, env = "REGISTRY_PASSWORD", hide_env_values = true)]
+    pub registry_password: Option<String>,
+
+    /// Registries (host[:port]) spoken to over plain HTTP; loopback ones always are.
+    #[arg(long, value_delimiter = ',')]
+    pub insecure_registries: Vec<String>,
+
+    #[command(flatten)]
+    pub kosli: KosliArgs,
+}
+
+#[derive(Debug, Args)]
 pub struct RunArgs {
     /// Address for /metrics, /livez and /readyz (plain HTTP).
     #[arg(long, default_value = "0.0.0.0:8080")]
@@ -194,7 +224,71 @@ pub struct RunArgs {
     pub kubeconfig: Option<PathBuf>,
 
     #[command(flatten)]
+    pub gate: GateArgs,
+
+    #[command(flatten)]
     pub kosli: KosliArgs,
+}
+
+/// The admission gate: served only when --webhook-addr is given.
+#[derive(Debug, Args)]
+pub struct GateArgs {
+    /// Serve the validating admission webhook (HTTPS) on this address.
+    #[arg(long)]
+    pub webhook_addr: Option<SocketAddr>,
+
+    /// PEM certificate of the webhook (reloaded when the file changes).
+    #[arg(
+        long,
+        requires = "webhook_addr",
+        default_value = "/etc/kosli-operator/webhook/tls.crt"
+    )]
+    pub webhook_cert: PathBuf,
+
+    /// PEM private key of the webhook (reloaded when the file changes).
+    #[arg(
+        long,
+        requires = "webhook_addr",
+        default_value = "/etc/kosli-operator/webhook/tls.key"
+    )]
+    pub webhook_key: PathBuf,
+
+    /// The webhook's timeoutSeconds in the ValidatingWebhookConfiguration; every
+    /// review is answered 2 s before it (half of it, when shorter than 4 s).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub webhook_timeout: Duration,
+
+    /// Namespaces the gate never checks, besides kube-system and its own.
+    #[arg(long, value_delimiter = ',')]
+    pub gate_exempt_namespaces: Vec<String>,
+
+    /// Registries (host[:port]) spoken to over plain HTTP; loopback ones always are.
+    #[arg(long, value_delimiter = ',')]
+    pub insecure_registries: Vec<String>,
+
+    /// How long a compliant verdict is reused without asking Kosli.
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    pub gate_compliant_cache: Duration,
+
+    /// How long a non-compliant (or unknown) verdict is reused.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub gate_non_compliant_cache: Duration,
+
+    /// Extra PEM CA certificates trusted for registries.
+    #[arg(long)]
+    pub registry_ca_bundle: Option<PathBuf>,
+}
+
+impl GateArgs {
+    /// The internal deadline: 2 s inside the API server's timeout, or half of a
+    /// timeout shorter than 4 s, so the answer always arrives before it.
+    pub fn deadline(&self) -> Duration {
+        if self.webhook_timeout >= Duration::from_secs(4) {
+            self.webhook_timeout - Duration::from_secs(2)
+        } else {
+            self.webhook_timeout / 2
+        }
+    }
 }
 
 /// `500ms`, `2s`, `5m`, `1h`, or a bare number of seconds.

@@ -27,6 +27,13 @@ pub struct Metrics {
     pub store_pods: IntGauge,
     pub store_namespaces: IntGauge,
     pub leader: IntGauge,
+    /// Admission reviews by kind, operation, decision and mode.
+    pub reviews: IntCounterVec,
+    pub review_seconds: HistogramVec,
+    pub lookup_seconds: HistogramVec,
+    pub gate_cache: IntCounterVec,
+    pub circuit_open: IntGauge,
+    pub break_glass: IntCounterVec,
     last_report: Mutex<HashMap<String, Instant>>,
 }
 
@@ -78,7 +85,56 @@ impl Metrics {
             &["environment"],
         )?;
         registry.register(Box::new(seconds_since_report.clone()))?;
+        let review_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "admission_review_duration_seconds",
+                "Time to answer an admission review.",
+            )
+            .namespace("kosli_operator")
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ]),
+            &["decision"],
+        )?;
+        registry.register(Box::new(review_seconds.clone()))?;
+        let lookup_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "gate_lookup_duration_seconds",
+                "Registry and Kosli lookups made by the gate.",
+            )
+            .namespace("kosli_operator")
+            .buckets(vec![
+                0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ]),
+            &["backend"],
+        )?;
+        registry.register(Box::new(lookup_seconds.clone()))?;
         Ok(Self {
+            reviews: counter(
+                &registry,
+                "admission_reviews_total",
+                "Admission reviews by kind, operation, decision and mode.",
+                &["kind", "operation", "decision", "mode"],
+            )?,
+            gate_cache: counter(
+                &registry,
+                "gate_cache_total",
+                "Gate cache uses by cache and result (hit, miss, stale).",
+                &["cache", "result"],
+            )?,
+            circuit_open: gauge(
+                &registry,
+                "gate_circuit_open",
+                "1 while the gate has stopped asking a failing Kosli.",
+            )?,
+            break_glass: counter(
+                &registry,
+                "gate_break_glass_total",
+                "Workloads admitted through a break-glass annotation.",
+                &["environment"],
+            )?,
+            review_seconds,
+            lookup_seconds,
             reports: counter(
                 &registry,
                 "reports_total",
@@ -172,6 +228,27 @@ impl Metrics {
             tracing::warn!("failed to encode metrics: {e}");
         }
         out
+    }
+}
+
+impl crate::gate::resolver::ResolverObserver for Metrics {
+    fn cache(&self, cache: &'static str, use_: crate::gate::resolver::CacheUse) {
+        let result = match use_ {
+            crate::gate::resolver::CacheUse::Hit => "hit",
+            crate::gate::resolver::CacheUse::Miss => "miss",
+            crate::gate::resolver::CacheUse::Stale => "stale",
+        };
+        self.gate_cache.with_label_values(&[cache, result]).inc();
+    }
+
+    fn lookup(&self, backend: &'static str, elapsed: Duration) {
+        self.lookup_seconds
+            .with_label_values(&[backend])
+            .observe(elapsed.as_secs_f64());
+    }
+
+    fn circuit(&self, open: bool) {
+        self.circuit_open.set(i64::from(open));
     }
 }
 

@@ -19,8 +19,9 @@ use serde_json::json;
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::crd::{KosliEnvironment, KosliEnvironmentStatus, KosliErrorStatus};
+use crate::crd::{GateMode, GateSpec, KosliEnvironment, KosliEnvironmentStatus, KosliErrorStatus};
 use crate::events::{EventPublisher, EventType};
+use crate::gate::decision::Target;
 use crate::kosli::{KosliClient, RetryPolicy};
 use crate::metrics::Metrics;
 use crate::pod::PodRecord;
@@ -89,6 +90,9 @@ pub struct Context {
 struct EnvironmentHandle {
     /// The compiled selection, when the spec is valid.
     selection: Option<Arc<Selection>>,
+    /// The admission gate of the environment, and its Kosli name.
+    gate: GateSpec,
+    kosli_env: String,
     generation: Option<i64>,
     notify: Arc<Notify>,
     spec: watch::Sender<Arc<KosliEnvironment>>,
@@ -203,6 +207,8 @@ impl Context {
         let name = env.name_any();
         let generation = env.metadata.generation;
         let selection = env.spec.validate().ok().map(Arc::new);
+        let gate = env.spec.gate.clone();
+        let kosli_env = env.environment_name();
         let env = Arc::new(env);
         let mut handles = self.handles();
         match handles.get_mut(&name) {
@@ -211,6 +217,8 @@ impl Context {
                 if handle.generation != generation {
                     handle.generation = generation;
                     handle.selection = selection;
+                    handle.gate = gate;
+                    handle.kosli_env = kosli_env;
                     handle.spec.send_replace(env);
                     handle.notify.notify_one();
                 }
@@ -232,6 +240,8 @@ impl Context {
                     name,
                     EnvironmentHandle {
                         selection,
+                        gate,
+                        kosli_env,
                         generation,
                         notify,
                         spec,
@@ -240,6 +250,26 @@ impl Context {
                 );
             }
         }
+    }
+
+    /// The environments whose gate covers a pod in `namespace` with `labels`.
+    pub fn gate_targets(&self, namespace: &str, labels: &BTreeMap<String, String>) -> Vec<Target> {
+        let namespace_labels = self.read_state().namespace_labels(namespace).cloned();
+        self.handles()
+            .iter()
+            .filter(|(_, h)| h.gate.mode != GateMode::Off)
+            .filter(|(_, h)| {
+                h.selection
+                    .as_ref()
+                    .is_some_and(|s| s.selects_pod(namespace, namespace_labels.as_ref(), labels))
+            })
+            .map(|(object, h)| Target {
+                object: object.clone(),
+                kosli_env: h.kosli_env.clone(),
+                mode: h.gate.mode,
+                policies: h.gate.policies.clone(),
+            })
+            .collect()
     }
 
     /// A KosliEnvironment was deleted: its worker stops (Kosli keeps its history).

@@ -1,5 +1,6 @@
 //! What each subcommand does; `main` only parses and dispatches.
 
+pub mod check;
 pub mod run;
 pub mod snapshot;
 
@@ -12,6 +13,7 @@ pub const EXIT_USAGE: u8 = 2;
 
 pub async fn run(cli: Cli) -> ExitCode {
     match cli.command {
+        Command::Check(args) => check::run(*args).await,
         Command::Run(args) => run::run(*args).await,
         Command::Snapshot(args) => snapshot::run(*args).await,
         Command::Crd => match crate::crd::crd_yaml() {

@@ -120,7 +120,19 @@ async fn start(args: RunArgs) -> Result<()> {
         options,
         wiring,
     ));
-    let http = crate::http::serve(args.http_addr, metrics, ctx.clone(), shutdown.clone()).await?;
+    let http = crate::http::serve(
+        args.http_addr,
+        metrics.clone(),
+        ctx.clone(),
+        shutdown.clone(),
+    )
+    .await?;
+    let webhook = match args.gate.webhook_addr {
+        Some(addr) => {
+            Some(start_gate(&args, addr, ctx.clone(), metrics.clone(), shutdown.clone()).await?)
+        }
+        None => None,
+    };
 
     let mut tasks = vec![
         tokio::spawn(crate::watch::watch_environments(ctx.clone())),
@@ -140,6 +152,9 @@ async fn start(args: RunArgs) -> Result<()> {
             let _ = task.await;
         }
         let _ = http.await;
+        if let Some(webhook) = webhook {
+            let _ = webhook.await;
+        }
     };
     if tokio::time::timeout(Duration::from_secs(10), stopping)
         .await
@@ -161,4 +176,64 @@ fn mirror_leadership(mut leader: watch::Receiver<bool>, metrics: Arc<Metrics>) {
             }
         }
     });
+}
+
+/// The admission gate: its own Kosli client (no retries, bounded by the review
+/// deadline), the registry client, the resolver and the HTTPS server.
+async fn start_gate(
+    args: &RunArgs,
+    addr: std::net::SocketAddr,
+    ctx: Arc<Context>,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) -> Result<tokio::task::JoinHandle<()>> {
+    use crate::gate::handler::{GateHandler, GateOptions};
+    use crate::gate::resolver::{Resolver, ResolverOptions};
+    use crate::registry::{RegistryClient, RegistryConfig};
+
+    let deadline = args.gate.deadline();
+    let kosli = if args.dry_run {
+        None
+    } else {
+        let mut config = args.kosli.to_config()?;
+        config.retry.max_retries = 0;
+        config.request_timeout = deadline;
+        config.connect_timeout = deadline.min(config.connect_timeout);
+        Some(KosliClient::new(&config)?.with_observer(metrics.clone()))
+    };
+    let ca_bundle = match &args.gate.registry_ca_bundle {
+        Some(path) => Some(std::fs::read(path).map_err(|source| Error::ReadFile {
+            path: path.clone(),
+            source,
+        })?),
+        None => None,
+    };
+    let registry = RegistryClient::new(&RegistryConfig {
+        request_timeout: deadline,
+        connect_timeout: deadline.min(Duration::from_secs(5)),
+        ca_bundle,
+        plain_http: args.gate.insecure_registries.clone(),
+    })?;
+    let resolver =
+        Arc::new(Resolver::new(registry, kosli, ResolverOptions::default()).with_observer(metrics));
+    let mut exempt: std::collections::BTreeSet<String> =
+        args.gate.gate_exempt_namespaces.iter().cloned().collect();
+    exempt.insert("kube-system".to_owned());
+    exempt.insert(args.lease_namespace.clone());
+    let handler = GateHandler::new(
+        ctx,
+        resolver,
+        GateOptions {
+            deadline,
+            exempt_namespaces: exempt,
+        },
+    );
+    let config = crate::webhook::WebhookConfig::new(
+        addr,
+        args.gate.webhook_cert.clone(),
+        args.gate.webhook_key.clone(),
+    );
+    let (bound, task) = crate::webhook::serve(config, Arc::new(handler), shutdown).await?;
+    tracing::info!(addr = %bound, deadline_ms = deadline.as_millis() as u64, "admission gate serving /validate");
+    Ok(task)
 }

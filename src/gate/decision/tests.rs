@@ -1,0 +1,289 @@
+use std::collections::BTreeMap;
+
+use kube::core::admission::Operation;
+
+use super::*;
+use crate::gate::workload::{ContainerImage, PodTemplate, Workload};
+use crate::kosli::{AssertResponse, PolicyEvaluation};
+
+const D: &str = "644a70516a26004c97d0d85c7fe1d0c3a67ea8ab7ddf4aff193d9f301670cf36";
+
+fn now() -> jiff::Timestamp {
+    "2026-11-26T12:00:00Z".parse().unwrap()
+}
+
+fn template(images: &[&str]) -> PodTemplate {
+    PodTemplate {
+        images: images
+            .iter()
+            .map(|i| ContainerImage {
+                container: "c".into(),
+                list: "containers",
+                image: (*i).into(),
+            })
+            .collect(),
+        service_account: "default".into(),
+        ..PodTemplate::default()
+    }
+}
+
+fn workload(operation: Operation, images: &[&str]) -> Workload {
+    Workload {
+        kind: "Pod".into(),
+        namespace: "shop".into(),
+        name: "p".into(),
+        operation,
+        sub_resource: None,
+        annotations: BTreeMap::new(),
+        template: Some(template(images)),
+        old_template: None,
+    }
+}
+
+fn target(mode: GateMode) -> Target {
+    Target {
+        object: "shop".into(),
+        kosli_env: "prod".into(),
+        mode,
+        policies: vec![],
+    }
+}
+
+#[test]
+fn a_create_with_an_enforcing_environment_is_checked_with_images_deduplicated() {
+    let w = workload(Operation::Create, &["nginx:1", "nginx:1", "redis:7"]);
+    let plan = plan(&w, vec![target(GateMode::Enforce)], false, now()).unwrap();
+    assert_eq!(plan.images, ["nginx:1", "redis:7"]);
+}
+
+#[test]
+fn skips_are_cheap_and_labelled() {
+    let mut w = workload(Operation::Create, &["nginx:1"]);
+    let t = || vec![target(GateMode::Enforce)];
+    assert_eq!(plan(&w, t(), true, now()), Err(Skip::ExemptNamespace));
+    assert_eq!(plan(&w, vec![], false, now()), Err(Skip::NoEnvironment));
+    assert_eq!(
+        plan(&w, vec![target(GateMode::Off)], false, now()),
+        Err(Skip::NoEnvironment)
+    );
+    w.operation = Operation::Delete;
+    assert_eq!(plan(&w, t(), false, now()), Err(Skip::Operation));
+    w.operation = Operation::Update;
+    w.sub_resource = Some("status".into());
+    assert_eq!(
+        plan(&w, t(), false, now()),
+        Err(Skip::Subresource("status".into()))
+    );
+    w.sub_resource = Some("scale".into());
+    assert!(matches!(
+        plan(&w, t(), false, now()),
+        Err(Skip::Subresource(_))
+    ));
+    w.sub_resource = Some("ephemeralcontainers".into());
+    assert!(
+        plan(&w, t(), false, now()).is_ok(),
+        "debug containers are checked"
+    );
+    w.template = None;
+    w.sub_resource = None;
+    assert_eq!(plan(&w, t(), false, now()), Err(Skip::NotInspected));
+}
+
+#[test]
+fn updates_check_only_the_images_they_bring() {
+    let mut w = workload(Operation::Update, &["nginx:1", "redis:7"]);
+    w.old_template = Some(template(&["redis:7", "nginx:1"]));
+    assert_eq!(
+        plan(&w, vec![target(GateMode::Enforce)], false, now()),
+        Err(Skip::ImagesUnchanged)
+    );
+    w.old_template = Some(template(&["nginx:1"]));
+    assert_eq!(
+        plan(&w, vec![target(GateMode::Enforce)], false, now())
+            .unwrap()
+            .images,
+        ["redis:7"]
+    );
+}
+
+#[test]
+fn break_glass_holds_only_until_it_expires_and_at_most_a_day() {
+    let mut w = workload(Operation::Create, &["nginx:1"]);
+    let t = || vec![target(GateMode::Enforce)];
+    w.annotations
+        .insert(BREAK_GLASS_ANNOTATION.into(), "2026-11-26T13:00:00Z".into());
+    assert_eq!(
+        plan(&w, t(), false, now()),
+        Err(Skip::BreakGlass {
+            until: "2026-11-26T13:00:00Z".parse().unwrap()
+        })
+    );
+    w.annotations
+        .insert(BREAK_GLASS_ANNOTATION.into(), "2026-11-26T11:59:59Z".into());
+    assert!(
+        plan(&w, t(), false, now()).is_ok(),
+        "expired: checked as usual"
+    );
+    assert!(
+        break_glass(&w, now())
+            .unwrap()
+            .unwrap_err()
+            .contains("expired")
+    );
+    w.annotations
+        .insert(BREAK_GLASS_ANNOTATION.into(), "2026-11-28T12:00:00Z".into());
+    assert!(
+        plan(&w, t(), false, now()).is_ok(),
+        "too far ahead: not honoured"
+    );
+    w.annotations
+        .insert(BREAK_GLASS_ANNOTATION.into(), "tomorrow".into());
+    assert!(plan(&w, t(), false, now()).is_ok());
+    assert!(
+        break_glass(&w, now())
+            .unwrap()
+            .unwrap_err()
+            .contains("RFC 3339")
+    );
+}
+
+fn non_compliant() -> ImageVerdict {
+    ImageVerdict::NonCompliant {
+        digest: D.into(),
+        reasons: vec!["policy prod: unit-tests (missing_attestation)".into()],
+        url: Some("https://app.kosli.com/acme/fingerprint/x".into()),
+    }
+}
+
+#[test]
+fn each_mode_answers_as_documented() {
+    let bad = |mode| vec![(target(mode), "app:1".to_owned(), non_compliant())];
+    let enforce = answer(&bad(GateMode::Enforce));
+    assert!(!enforce.allowed);
+    let message = enforce.message.unwrap();
+    assert!(
+        message.contains("app:1")
+            && message.contains(D)
+            && message.contains("missing_attestation")
+            && message.contains("https://app.kosli.com/"),
+        "{message}"
+    );
+    let warn = answer(&bad(GateMode::Warn));
+    assert!(warn.allowed && warn.warnings.len() == 1 && warn.message.is_none());
+    let audit = answer(&bad(GateMode::Audit));
+    assert!(audit.allowed && audit.warnings.is_empty() && audit.failures.len() == 1);
+}
+
+#[test]
+fn unknown_unreachable_and_unresolvable_say_so() {
+    let cases = [
+        (
+            ImageVerdict::Unknown { digest: D.into() },
+            "unknown to Kosli",
+        ),
+        (
+            ImageVerdict::KosliUnreachable {
+                digest: D.into(),
+                why: "timeout".into(),
+            },
+            "Kosli is unreachable",
+        ),
+        (
+            ImageVerdict::Unresolvable {
+                why: "connection refused".into(),
+            },
+            "cannot resolve tag",
+        ),
+    ];
+    for (verdict, needle) in cases {
+        let a = answer(&[(target(GateMode::Enforce), "app:1".into(), verdict)]);
+        let message = a.message.unwrap();
+        assert!(!a.allowed && message.contains(needle), "{message}");
+        assert!(
+            !message.contains("not compliant"),
+            "an outage is not a non-compliance: {message}"
+        );
+    }
+    let a = answer(&[(
+        target(GateMode::Enforce),
+        "app:1".into(),
+        ImageVerdict::Unresolvable { why: "x".into() },
+    )]);
+    assert!(a.message.unwrap().contains("pin a digest"));
+}
+
+#[test]
+fn a_cached_compliant_verdict_admits_with_a_warning() {
+    let a = answer(&[(
+        target(GateMode::Enforce),
+        "app:1".into(),
+        ImageVerdict::CompliantCached {
+            digest: D.into(),
+            why: "down".into(),
+        },
+    )]);
+    assert!(a.allowed);
+    assert!(
+        a.warnings[0].contains("cached compliant verdict"),
+        "{:?}",
+        a.warnings
+    );
+}
+
+#[test]
+fn any_enforcing_environment_denies() {
+    let results = vec![
+        (target(GateMode::Warn), "app:1".to_owned(), non_compliant()),
+        (
+            target(GateMode::Enforce),
+            "app:1".to_owned(),
+            ImageVerdict::Compliant { digest: D.into() },
+        ),
+        (
+            target(GateMode::Enforce),
+            "db:1".to_owned(),
+            ImageVerdict::Unknown { digest: D.into() },
+        ),
+    ];
+    let a = answer(&results);
+    assert!(!a.allowed);
+    assert_eq!(a.warnings.len(), 1);
+    assert_eq!(a.failures.len(), 2);
+}
+
+#[test]
+fn reasons_name_policies_rules_and_attestations() {
+    let assert: AssertResponse = serde_json::from_value(serde_json::json!({
+        "compliant": false,
+        "policy_evaluations": [
+            {"policy_name": "prod-requirements", "status": "NON-COMPLIANT", "rule_evaluations": [
+                {"rule": {"definition": {"name": "unit-tests", "type": "junit"}}, "satisfied": false, "ignored": false,
+                 "resolutions": [{"type": "missing_attestation"}]},
+                {"rule": {"definition": {"name": "sbom"}}, "satisfied": true}
+            ]},
+            {"policy_name": "ok-policy", "status": "COMPLIANT"}
+        ],
+        "flows": [{"flow": "web", "trail": "abc123", "compliance_status": {"attestations_statuses": [
+            {"attestation_name": "snyk", "attestation_type": "snyk", "status": "FAILED", "is_compliant": false},
+            {"attestation_name": "tests", "is_compliant": true}
+        ]}}]
+    }))
+    .unwrap();
+    assert_eq!(
+        reasons(&assert),
+        [
+            "policy prod-requirements: unit-tests (missing_attestation)",
+            "attestation snyk is FAILED in trail abc123",
+        ]
+    );
+    let bare = AssertResponse {
+        compliant: false,
+        policy_evaluations: vec![PolicyEvaluation {
+            policy_name: "p".into(),
+            status: "NON-COMPLIANT".into(),
+            rule_evaluations: vec![],
+        }],
+        ..AssertResponse::default()
+    };
+    assert_eq!(reasons(&bare), ["policy p is NON-COMPLIANT"]);
+}

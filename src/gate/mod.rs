@@ -1,0 +1,18 @@
+//! The control gate: a validating admission webhook that denies non-compliant
+//! artifacts where an environment asks for it.
+//!
+//! `workload` reads what to check out of an AdmissionReview and `decision`
+//! decides (both pure); `resolver` does the lookups (registry, Kosli) with caches,
+//! shared in-flight requests and a circuit breaker; `handler` ties them together
+//! behind the HTTPS server of `crate::webhook`.
+
+pub mod decision;
+pub mod handler;
+pub mod pull_secrets;
+pub mod resolver;
+pub mod workload;
+
+/// The annotation that lets a workload through until the time it holds (RFC 3339).
+pub const BREAK_GLASS_ANNOTATION: &str = "gate.kosli.com/break-glass-until";
+/// The longest a break-glass may run: a far-future expiry is not honoured.
+pub const BREAK_GLASS_MAX: std::time::Duration = std::time::Duration::from_secs(24 * 3600);

@@ -1,0 +1,163 @@
+//! What the gate needs out of an AdmissionReview: the pod spec wherever the kind
+//! keeps it, its images (init, app and ephemeral containers), pull secrets,
+//! labels and annotations. Garbage in gives an error, never a panic.
+
+use std::collections::BTreeMap;
+
+use kube::core::DynamicObject;
+use kube::core::admission::{AdmissionRequest, AdmissionReview, Operation};
+use serde_json::Value;
+
+/// A container's image and which list it is in.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ContainerImage {
+    pub container: String,
+    /// `initContainers`, `containers` or `ephemeralContainers`.
+    pub list: &'static str,
+    pub image: String,
+}
+
+/// The pod template of an object.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PodTemplate {
+    pub labels: BTreeMap<String, String>,
+    pub images: Vec<ContainerImage>,
+    pub image_pull_secrets: Vec<String>,
+    pub service_account: String,
+}
+
+/// One admission request, reduced to what the gate decides on.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Workload {
+    pub kind: String,
+    pub namespace: String,
+    pub name: String,
+    pub operation: Operation,
+    pub sub_resource: Option<String>,
+    /// The object's own annotations (where a break-glass goes).
+    pub annotations: BTreeMap<String, String>,
+    /// `None` for kinds the gate does not inspect.
+    pub template: Option<PodTemplate>,
+    /// The old object's template, on UPDATE.
+    pub old_template: Option<PodTemplate>,
+}
+
+/// The kinds the gate inspects and where their pod spec lives.
+fn template_path(kind: &str) -> Option<&'static [&'static str]> {
+    Some(match kind {
+        "Pod" => &[],
+        "Deployment"
+        | "StatefulSet"
+        | "DaemonSet"
+        | "ReplicaSet"
+        | "Job"
+        | "ReplicationController" => &["template"],
+        "CronJob" => &["jobTemplate", "spec", "template"],
+        _ => return None,
+    })
+}
+
+fn strings(value: Option<&Value>) -> BTreeMap<String, String> {
+    value
+        .and_then(Value::as_object)
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Reads the pod template of `object` (a whole object: metadata + spec).
+pub fn pod_template(kind: &str, object: &Value) -> Option<PodTemplate> {
+    let path = template_path(kind)?;
+    // For a Pod the "template" is the object itself.
+    let mut template = object;
+    if !path.is_empty() {
+        template = object.get("spec")?;
+        for key in path {
+            template = template.get(key)?;
+        }
+    }
+    let metadata = template.get("metadata");
+    let spec = template.get("spec");
+    let mut images = Vec::new();
+    for list in ["initContainers", "containers", "ephemeralContainers"] {
+        let containers = spec.and_then(|s| s.get(list)).and_then(Value::as_array);
+        for c in containers.into_iter().flatten() {
+            images.push(ContainerImage {
+                container: c
+                    .get("name")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_owned(),
+                list,
+                image: c
+                    .get("image")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_owned(),
+            });
+        }
+    }
+    let image_pull_secrets = spec
+        .and_then(|s| s.get("imagePullSecrets"))
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|s| Some(s.get("name")?.as_str()?.to_owned()))
+        .collect();
+    let service_account = spec
+        .and_then(|s| {
+            s.get("serviceAccountName")
+                .or_else(|| s.get("serviceAccount"))
+        })
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+        .unwrap_or("default")
+        .to_owned();
+    Some(PodTemplate {
+        labels: strings(metadata.and_then(|m| m.get("labels"))),
+        images,
+        image_pull_secrets,
+        service_account,
+    })
+}
+
+/// Parses an AdmissionReview body into its request and the workload in it.
+pub fn parse_review(body: &[u8]) -> Result<(AdmissionRequest<DynamicObject>, Workload), String> {
+    let review: AdmissionReview<DynamicObject> =
+        serde_json::from_slice(body).map_err(|e| format!("not an AdmissionReview: {e}"))?;
+    let request: AdmissionRequest<DynamicObject> = review
+        .try_into()
+        .map_err(|e| format!("AdmissionReview without a request: {e}"))?;
+    let workload = workload(&request);
+    Ok((request, workload))
+}
+
+fn as_value(object: &DynamicObject) -> Value {
+    serde_json::to_value(object).unwrap_or(Value::Null)
+}
+
+fn workload(request: &AdmissionRequest<DynamicObject>) -> Workload {
+    let kind = request.kind.kind.clone();
+    let object = request.object.as_ref().map(as_value);
+    let old = request.old_object.as_ref().map(as_value);
+    Workload {
+        namespace: request.namespace.clone().unwrap_or_default(),
+        name: request.name.clone(),
+        operation: request.operation.clone(),
+        sub_resource: request.sub_resource.clone().filter(|s| !s.is_empty()),
+        annotations: strings(
+            object
+                .as_ref()
+                .and_then(|o| o.pointer("/metadata/annotations")),
+        ),
+        template: object.as_ref().and_then(|o| pod_template(&kind, o)),
+        old_template: old.as_ref().and_then(|o| pod_template(&kind, o)),
+        kind,
+    }
+}
+
+#[cfg(test)]
+mod tests;
