@@ -214,8 +214,12 @@ async fn start_gate(
         ca_bundle,
         plain_http: args.gate.insecure_registries.clone(),
     })?;
-    let resolver =
-        Arc::new(Resolver::new(registry, kosli, ResolverOptions::default()).with_observer(metrics));
+    let options = ResolverOptions {
+        compliant_ttl: args.gate.gate_compliant_cache,
+        non_compliant_ttl: args.gate.gate_non_compliant_cache,
+        ..ResolverOptions::default()
+    };
+    let resolver = Arc::new(Resolver::new(registry, kosli, options).with_observer(metrics));
     let mut exempt: std::collections::BTreeSet<String> =
         args.gate.gate_exempt_namespaces.iter().cloned().collect();
     exempt.insert("kube-system".to_owned());
