@@ -4,6 +4,7 @@
 pub mod fake_kosli;
 pub mod operator;
 pub mod testenv;
+pub mod webhook;
 
 use std::path::PathBuf;
 use std::process::{Command, Output};

@@ -1,0 +1,384 @@
+//! The control gate end to end: the real API server calls `kosli-operator run`'s
+//! webhook (ValidatingWebhookConfiguration with clientConfig.url on loopback and
+//! the test CA), which resolves tags against the real registries and asks the
+//! strict fake Kosli.
+
+#![allow(clippy::unwrap_used)] // tests may panic on what they do not expect
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use kosli_operator::crd::KosliEnvironment;
+use kube::Client;
+use kube::api::{Api, PostParams};
+use serde_json::json;
+use support::fake_kosli::{FakeKosli, Scripted};
+use support::operator::{Operator, eventually};
+use support::testenv::{TestEnv, apply_crd, create_namespace, unique};
+use support::webhook::{
+    ServingCert, delete_validating_webhook, register_validating_webhook, serving_cert,
+    webhook_label,
+};
+
+struct Gate {
+    env: TestEnv,
+    client: Client,
+    fake: FakeKosli,
+    id: String,
+    ns: String,
+    op: Operator,
+    _cert: ServingCert,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn hex(digest: &str) -> String {
+    digest.trim_start_matches("sha256:").to_owned()
+}
+
+/// A gated namespace with a KosliEnvironment in `mode`, the operator serving
+/// the webhook, and the API server calling it.
+async fn gate(mode: &str, extra: &[&str]) -> Gate {
+    let env = TestEnv::get();
+    let client = env.client().await;
+    apply_crd(&client).await;
+    let id = unique("g");
+    let ns = format!("{id}-ns");
+    create_namespace(&client, &ns, &[(webhook_label(), &id)]).await;
+    let object: KosliEnvironment = serde_json::from_value(json!({
+        "apiVersion": "kosli.com/v1alpha1", "kind": "KosliEnvironment",
+        "metadata": {"name": format!("{id}-env"), "labels": {"test": id}},
+        "spec": {"name": "prod", "namespaces": [ns], "gate": {"mode": mode}},
+    }))
+    .unwrap();
+    Api::<KosliEnvironment>::all(client.clone())
+        .create(&PostParams::default(), &object)
+        .await
+        .unwrap();
+    let fake = FakeKosli::start().await;
+    fake.add_environment("prod", "K8S");
+    let cert = serving_cert();
+    let port = free_port();
+    let mut args = vec![
+        "--webhook-addr".to_owned(),
+        format!("127.0.0.1:{port}"),
+        "--webhook-cert".to_owned(),
+        cert.cert_file.to_str().unwrap().to_owned(),
+        "--webhook-key".to_owned(),
+        cert.key_file.to_str().unwrap().to_owned(),
+        "--webhook-timeout".to_owned(),
+        "5s".to_owned(),
+        "--leader-election=false".to_owned(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let arg_refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut op = Operator::start(
+        &env.kubeconfig,
+        &fake,
+        &id,
+        &format!("lease-{id}"),
+        &arg_refs,
+        &[],
+    );
+    op.wait_ready().await;
+    register_validating_webhook(
+        &client,
+        &id,
+        &format!("https://127.0.0.1:{port}/validate"),
+        &cert.ca_pem,
+        (webhook_label(), &id),
+        "Fail",
+        5,
+    )
+    .await;
+    Gate {
+        env,
+        client,
+        fake,
+        id,
+        ns,
+        op,
+        _cert: cert,
+    }
+}
+
+impl Gate {
+    fn image(&self, registry: &str, tag: &str) -> String {
+        format!("{registry}/{}:{tag}", self.env.image_repo)
+    }
+
+    fn set_verdict(&self, digest: &str, compliant: bool) {
+        let answer = if compliant {
+            json!({"compliant": true, "scope": "environment", "environment": "prod"})
+        } else {
+            json!({
+                "compliant": false, "scope": "environment", "environment": "prod",
+                "policy_evaluations": [{"policy_name": "prod-requirements", "status": "NON-COMPLIANT",
+                    "rule_evaluations": [{"rule": {"definition": {"name": "unit-tests", "type": "junit"}},
+                        "satisfied": false, "ignored": false, "resolutions": [{"type": "missing_attestation"}]}]}],
+                "html_url": format!("https://app.kosli.com/acme/fingerprint/{}", hex(digest)),
+            })
+        };
+        self.fake.state().asserts.insert(hex(digest), answer);
+    }
+
+    async fn create_pod(
+        &self,
+        name: &str,
+        image: &str,
+        pull_secret: Option<&str>,
+    ) -> Result<Pod, String> {
+        let mut spec = json!({"containers": [{"name": "app", "image": image}]});
+        if let Some(secret) = pull_secret {
+            spec["imagePullSecrets"] = json!([{"name": secret}]);
+        }
+        let pod: Pod = serde_json::from_value(
+            json!({"metadata": {"name": name, "namespace": self.ns}, "spec": spec}),
+        )
+        .unwrap();
+        Api::<Pod>::namespaced(self.client.clone(), &self.ns)
+            .create(&PostParams::default(), &pod)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    /// Waits until the API server calls the webhook (configurations load asynchronously).
+    async fn wait_active(&self) {
+        let probe = self.image(&self.env.registry, &self.env.index_tag);
+        self.set_verdict(&self.env.index_digest, false);
+        eventually(
+            Duration::from_secs(20),
+            "the webhook to be called",
+            || async {
+                match self.create_pod(&unique("probe"), &probe, None).await {
+                    Err(e) if e.contains("denied") => Some(()),
+                    _ => None,
+                }
+            },
+        )
+        .await;
+        self.fake.state().requests.clear();
+    }
+}
+
+impl Gate {
+    /// Removes the webhook configuration (it selects only this test's namespace,
+    /// so one left behind by a failed test harms nobody).
+    async fn cleanup(self) {
+        delete_validating_webhook(&self.client, &self.id).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compliant_pods_are_admitted_and_non_compliant_deployments_denied_with_reasons() {
+    let g = gate("Enforce", &[]).await;
+    g.wait_active().await;
+    g.set_verdict(&g.env.single_digest, true);
+    g.create_pod("good", &g.image(&g.env.registry, &g.env.single_tag), None)
+        .await
+        .unwrap();
+    let asserts: Vec<String> = g.fake.requests().iter().map(|r| r.path.clone()).collect();
+    assert!(
+        asserts
+            .iter()
+            .any(|p| p.ends_with(&hex(&g.env.single_digest))),
+        "{asserts:?}"
+    );
+
+    let deployment: Deployment = serde_json::from_value(json!({
+        "metadata": {"name": "web", "namespace": g.ns},
+        "spec": {"selector": {"matchLabels": {"app": "web"}}, "template": {
+            "metadata": {"labels": {"app": "web"}},
+            "spec": {"initContainers": [{"name": "init", "image": g.image(&g.env.registry, &g.env.single_tag)}],
+                     "containers": [{"name": "web", "image": g.image(&g.env.registry, &g.env.index_tag)}]}}}
+    }))
+    .unwrap();
+    let err = Api::<Deployment>::namespaced(g.client.clone(), &g.ns)
+        .create(&PostParams::default(), &deployment)
+        .await
+        .unwrap_err()
+        .to_string();
+    for needle in [
+        "denied the request",
+        &g.image(&g.env.registry, &g.env.index_tag),
+        &hex(&g.env.index_digest),
+        "policy prod-requirements: unit-tests (missing_attestation)",
+        "https://app.kosli.com/acme/fingerprint/",
+    ] {
+        assert!(err.contains(needle), "denial lacks {needle:?}: {err}");
+    }
+    assert!(
+        !err.contains(&hex(&g.env.single_digest)),
+        "the compliant init image is not blamed: {err}"
+    );
+
+    // A digest-pinned unknown artifact: no registry lookup, and Kosli's 404 says so.
+    let unknown = format!(
+        "{}/{}@sha256:{}",
+        g.env.registry,
+        g.env.image_repo,
+        "9".repeat(64)
+    );
+    let err = g.create_pod("unknown", &unknown, None).await.unwrap_err();
+    assert!(err.contains("unknown to Kosli"), "{err}");
+
+    let metrics = g.op.metrics().await;
+    assert!(metrics.contains("kosli_operator_admission_reviews_total{decision=\"denied\",kind=\"Deployment\",mode=\"Enforce\",operation=\"CREATE\"} 1"), "{metrics}");
+    g.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warn_mode_admits_with_a_warning_kubectl_shows() {
+    let g = gate("Warn", &[]).await;
+    g.set_verdict(&g.env.index_digest, false);
+    let image = g.image(&g.env.registry, &g.env.index_tag);
+    let manifest = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "warned", "namespace": g.ns},
+        "spec": {"containers": [{"name": "app", "image": image}]}});
+    let kubectl = std::env::var("KUBECTL").unwrap();
+    let output = eventually(
+        Duration::from_secs(20),
+        "a warning from the webhook",
+        || {
+            let (kubectl, manifest) = (kubectl.clone(), manifest.to_string());
+            let kubeconfig = g.env.kubeconfig.clone();
+            let name = unique("warned");
+            async move {
+                let manifest = manifest.replace("\"warned\"", &format!("\"{name}\""));
+                tokio::task::spawn_blocking(move || {
+                    let mut child = std::process::Command::new(&kubectl)
+                        .args([
+                            "--kubeconfig",
+                            kubeconfig.to_str().unwrap(),
+                            "create",
+                            "-f",
+                            "-",
+                        ])
+                        .stdin(std::process::Stdio::piped())
+                        .stdout(std::process::Stdio::piped())
+                        .stderr(std::process::Stdio::piped())
+                        .spawn()
+                        .unwrap();
+                    use std::io::Write;
+                    child
+                        .stdin
+                        .take()
+                        .unwrap()
+                        .write_all(manifest.as_bytes())
+                        .unwrap();
+                    let out = child.wait_with_output().unwrap();
+                    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+                    (out.status.success() && stderr.contains("Warning:")).then_some(stderr)
+                })
+                .await
+                .unwrap()
+            }
+        },
+    )
+    .await;
+    assert!(
+        output.contains("is not compliant for prod") && output.contains("missing_attestation"),
+        "{output}"
+    );
+    g.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kosli_outage_admits_cached_compliant_digests_only_and_a_hang_still_gets_an_answer() {
+    let g = gate("Enforce", &["--gate-compliant-cache", "1s"]).await;
+    g.wait_active().await;
+    g.set_verdict(&g.env.single_digest, true);
+    let known = g.image(&g.env.registry, &g.env.single_tag);
+    g.create_pod("before-outage", &known, None).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+
+    // Kosli down: the compliant digest is admitted on its cached verdict, an
+    // unknown one is denied as unreachable, not as non-compliant.
+    g.fake.script(std::iter::repeat_n(
+        Scripted::page(503, "<html>down</html>"),
+        2,
+    ));
+    g.create_pod("during-outage", &known, None).await.unwrap();
+    let other = format!(
+        "{}/{}@sha256:{}",
+        g.env.registry,
+        g.env.image_repo,
+        "8".repeat(64)
+    );
+    let err = g
+        .create_pod("unknown-during-outage", &other, None)
+        .await
+        .unwrap_err();
+    assert!(err.contains("Kosli is unreachable"), "{err}");
+    assert!(!err.contains("not compliant"), "{err}");
+
+    // Kosli hangs: the answer still comes from the webhook, before its timeout.
+    g.fake.script([Scripted::slow(Duration::from_secs(30))]);
+    let hanging = format!(
+        "{}/{}@sha256:{}",
+        g.env.registry,
+        g.env.image_repo,
+        "7".repeat(64)
+    );
+    let started = Instant::now();
+    let err = g
+        .create_pod("while-kosli-hangs", &hanging, None)
+        .await
+        .unwrap_err();
+    let took = started.elapsed();
+    assert!(
+        err.contains("denied the request") && err.contains("Kosli is unreachable"),
+        "{err}"
+    );
+    assert!(
+        took < Duration::from_secs(5),
+        "answered after {took:?}, beyond the 5 s timeout"
+    );
+    let metrics = g.op.metrics().await;
+    assert!(
+        metrics.contains("kosli_operator_gate_cache_total{cache=\"verdict\",result=\"stale\"}"),
+        "{metrics}"
+    );
+    g.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tag_behind_basic_auth_resolves_with_the_pods_pull_secret() {
+    let g = gate("Enforce", &[]).await;
+    g.wait_active().await;
+    g.set_verdict(&g.env.single_digest, true);
+    use base64::Engine as _;
+    let auth = base64::engine::general_purpose::STANDARD.encode(format!(
+        "{}:{}",
+        g.env.registry_basic_user, g.env.registry_basic_password
+    ));
+    let config = json!({"auths": {g.env.registry_basic.clone(): {"auth": auth}}}).to_string();
+    let secret: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "regcred", "namespace": g.ns},
+        "type": "kubernetes.io/dockerconfigjson",
+        "stringData": {".dockerconfigjson": config},
+    }))
+    .unwrap();
+    Api::<Secret>::namespaced(g.client.clone(), &g.ns)
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap();
+    let image = g.image(&g.env.registry_basic, &g.env.single_tag);
+    let err = g.create_pod("no-secret", &image, None).await.unwrap_err();
+    assert!(
+        err.contains("cannot resolve tag") && err.contains("pin a digest"),
+        "{err}"
+    );
+    g.create_pod("with-secret", &image, Some("regcred"))
+        .await
+        .unwrap();
+    g.cleanup().await;
+}
