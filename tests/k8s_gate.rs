@@ -342,7 +342,52 @@ async fn kosli_outage_admits_cached_compliant_digests_only_and_a_hang_still_gets
         took < Duration::from_secs(5),
         "answered after {took:?}, beyond the 5 s timeout"
     );
+    // Break-glass: admitted until it expires, and recorded as an Event.
+    let until = (jiff::Timestamp::now() + jiff::SignedDuration::from_secs(600)).to_string();
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "emergency", "namespace": g.ns,
+            "annotations": {"gate.kosli.com/break-glass-until": until}},
+        "spec": {"containers": [{"name": "app", "image": g.image(&g.env.registry, &g.env.index_tag)}]}
+    }))
+    .unwrap();
+    Api::<Pod>::namespaced(g.client.clone(), &g.ns)
+        .create(&PostParams::default(), &pod)
+        .await
+        .unwrap();
+    let events: Api<k8s_openapi::api::events::v1::Event> =
+        Api::namespaced(g.client.clone(), "kube-system");
+    eventually(Duration::from_secs(10), "a BreakGlass event", || async {
+        events
+            .list(&Default::default())
+            .await
+            .ok()?
+            .items
+            .into_iter()
+            .find(|e| {
+                e.reason.as_deref() == Some("BreakGlass")
+                    && e.note.as_deref().is_some_and(|n| n.contains("emergency"))
+            })
+    })
+    .await;
+    let expired = (jiff::Timestamp::now() - jiff::SignedDuration::from_secs(60)).to_string();
+    let mut late = pod.clone();
+    late.metadata.name = Some("too-late".into());
+    late.metadata.annotations =
+        Some([("gate.kosli.com/break-glass-until".to_owned(), expired)].into());
+    let err = Api::<Pod>::namespaced(g.client.clone(), &g.ns)
+        .create(&PostParams::default(), &late)
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("not compliant"),
+        "an expired break-glass is not honoured: {err}"
+    );
+
     let metrics = g.op.metrics().await;
+    assert!(
+        metrics.contains("kosli_operator_gate_break_glass_total{environment=\"prod\"} 1"),
+        "{metrics}"
+    );
     assert!(
         metrics.contains("kosli_operator_gate_cache_total{cache=\"verdict\",result=\"stale\"}"),
         "{metrics}"

@@ -1,0 +1,99 @@
+//! `kosli-operator check IMAGE --environment ENV` through the built binary,
+//! resolving tags against the real registry and asking the strict fake Kosli.
+
+#![allow(clippy::unwrap_used)] // tests may panic on what they do not expect
+
+mod support;
+
+use serde_json::json;
+use support::fake_kosli::{FakeKosli, ORG, TOKEN};
+use support::testenv::TestEnv;
+use support::{run_async, stdout};
+
+fn env(fake: &FakeKosli) -> Vec<(String, String)> {
+    vec![
+        ("KOSLI_HOST".into(), fake.url.clone()),
+        ("KOSLI_ORG".into(), ORG.into()),
+        ("KOSLI_API_TOKEN".into(), TOKEN.into()),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_exits_zero_when_compliant_and_one_with_reasons_when_not() {
+    let t = TestEnv::get();
+    let fake = FakeKosli::start().await;
+    let single = t.single_digest.trim_start_matches("sha256:").to_owned();
+    let index = t.index_digest.trim_start_matches("sha256:").to_owned();
+    fake.state()
+        .asserts
+        .insert(single.clone(), json!({"compliant": true}));
+    fake.state().asserts.insert(
+        index.clone(),
+        json!({"compliant": false,
+        "policy_evaluations": [{"policy_name": "prod-requirements", "status": "NON-COMPLIANT"}],
+        "html_url": "https://app.kosli.com/acme/x"}),
+    );
+
+    let image = format!("{}/{}:{}", t.registry, t.image_repo, t.single_tag);
+    let o = run_async(
+        vec![
+            "check".into(),
+            image.clone(),
+            "--environment".into(),
+            "prod".into(),
+        ],
+        env(&fake),
+    )
+    .await;
+    assert_eq!(o.status.code(), Some(0), "{}", support::stderr(&o));
+    assert_eq!(
+        stdout(&o),
+        format!("{image} -> sha256:{single}\ncompliant\n")
+    );
+    let query = fake.requests()[0].query.clone();
+    assert_eq!(query.as_deref(), Some("environment_name=prod"));
+
+    let image = format!("{}/{}:{}", t.registry, t.image_repo, t.index_tag);
+    let o = run_async(
+        vec![
+            "check".into(),
+            image,
+            "-e".into(),
+            "prod".into(),
+            "--policy".into(),
+            "p1".into(),
+        ],
+        env(&fake),
+    )
+    .await;
+    assert_eq!(o.status.code(), Some(1));
+    let out = stdout(&o);
+    assert!(
+        out.contains(&index)
+            && out.contains("policy prod-requirements is NON-COMPLIANT")
+            && out.contains("https://app.kosli.com/acme/x"),
+        "{out}"
+    );
+    assert!(
+        fake.requests()
+            .last()
+            .unwrap()
+            .query
+            .as_deref()
+            .unwrap()
+            .contains("policy_name=p1")
+    );
+
+    let o = run_async(
+        vec![
+            "check".into(),
+            format!("{}/{}:nope", t.registry, t.image_repo),
+            "-e".into(),
+            "prod".into(),
+        ],
+        env(&fake),
+    )
+    .await;
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stdout(&o).contains("cannot resolve tag"), "{}", stdout(&o));
+}
