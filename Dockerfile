@@ -1,0 +1,20 @@
+# syntax=docker/dockerfile:1
+# The kosli-operator image: built with the same `cargo build --release --locked`
+# that .ci/run runs, then copied onto a distroless, non-root runtime with no
+# shell. The binary needs only glibc and CA certificates (both in the base).
+
+FROM docker.io/library/rust:1.95-bookworm AS build
+WORKDIR /src
+COPY . .
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    --mount=type=cache,target=/src/target \
+    cargo build --release --locked --bin kosli-operator \
+ && install -m 0755 target/release/kosli-operator /kosli-operator
+
+FROM gcr.io/distroless/cc-debian12:nonroot
+COPY --from=build /kosli-operator /usr/local/bin/kosli-operator
+# distroless "nonroot": uid/gid 65532; the chart also runs it read-only.
+USER 65532:65532
+EXPOSE 8080 8443
+ENTRYPOINT ["/usr/local/bin/kosli-operator"]
+CMD ["run"]
