@@ -160,8 +160,12 @@ impl Inner {
         targets: &[Target],
         deadline: Instant,
     ) -> Answer {
+        // Pull secrets matter only for tags: digest-pinned images need no registry.
+        let needs_registry = images
+            .iter()
+            .any(|i| ImageRef::parse(i).is_ok_and(|r| r.digest.is_none()));
         let credentials = match &workload.template {
-            Some(t) => {
+            Some(t) if needs_registry => {
                 pull_secrets::credentials(
                     &self.ctx.client,
                     &workload.namespace,
@@ -170,7 +174,7 @@ impl Inner {
                 )
                 .await
             }
-            None => BTreeMap::new(),
+            _ => BTreeMap::new(),
         };
         let per_image = images.iter().map(|image| {
             let creds = ImageRef::parse(image)
