@@ -100,6 +100,22 @@ pub enum Error {
     },
 }
 
+/// An error and its sources, joined: HTTP client errors say little on their own
+/// ("error sending request"); the cause is in the chain.
+pub fn chain(error: &dyn std::error::Error) -> String {
+    let mut message = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        let text = e.to_string();
+        if !message.contains(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+        source = e.source();
+    }
+    message
+}
+
 impl Error {
     /// Whether retrying the same request later can succeed. Permanent errors
     /// (bad credentials, wrong environment type, invalid input) wait for a change.

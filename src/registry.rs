@@ -18,7 +18,7 @@ use reqwest::{StatusCode, Url};
 use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, chain};
 use crate::fingerprint::{DOCKER_HUB, Digest, ImageRef};
 
 /// Every manifest media type we accept: the index kinds first, so a registry that
@@ -481,20 +481,6 @@ fn auth_params(params: &str) -> Vec<(String, String)> {
         rest = remaining.trim_start().trim_start_matches(',').trim_start();
     }
     pairs
-}
-
-fn chain(error: &dyn std::error::Error) -> String {
-    let mut message = error.to_string();
-    let mut source = error.source();
-    while let Some(e) = source {
-        let text = e.to_string();
-        if !message.contains(&text) {
-            message.push_str(": ");
-            message.push_str(&text);
-        }
-        source = e.source();
-    }
-    message
 }
 
 #[cfg(test)]

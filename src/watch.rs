@@ -26,6 +26,33 @@ fn config() -> watcher::Config {
     watcher::Config::default().any_semantic()
 }
 
+type EventStream<K> = futures::stream::BoxStream<'static, Result<Event<K>, watcher::Error>>;
+
+/// The next event of a watch; errors are counted, logged and retried (the
+/// stream backs off), `None` once shutting down.
+async fn next_event<K>(
+    ctx: &Context,
+    stream: &mut EventStream<K>,
+    resource: &'static str,
+) -> Option<Event<K>> {
+    loop {
+        let event = tokio::select! {
+            () = ctx.shutdown.cancelled() => return None,
+            event = stream.next() => event?,
+        };
+        match event {
+            Ok(event) => return Some(event),
+            Err(e) => {
+                ctx.metrics
+                    .watch_errors
+                    .with_label_values(&[resource])
+                    .inc();
+                tracing::warn!(resource, "watch failed, retrying: {e}");
+            }
+        }
+    }
+}
+
 /// Feeds one pod store: `namespace` `None` watches the whole cluster.
 pub async fn watch_pods(ctx: Arc<Context>, namespace: Option<String>) {
     let api: Api<Pod> = match &namespace {
@@ -33,23 +60,8 @@ pub async fn watch_pods(ctx: Arc<Context>, namespace: Option<String>) {
         None => Api::all(ctx.client.clone()),
     };
     let scope = namespace.clone();
-    let mut stream = watcher::watcher(api, config()).default_backoff().boxed();
-    loop {
-        let event = tokio::select! {
-            () = ctx.shutdown.cancelled() => return,
-            event = stream.next() => match event {
-                Some(event) => event,
-                None => return,
-            },
-        };
-        let event = match event {
-            Ok(event) => event,
-            Err(e) => {
-                ctx.metrics.watch_errors.with_label_values(&["pods"]).inc();
-                tracing::warn!(namespace = ?scope, "pod watch failed, retrying: {e}");
-                continue;
-            }
-        };
+    let mut stream: EventStream<Pod> = watcher::watcher(api, config()).default_backoff().boxed();
+    while let Some(event) = next_event(&ctx, &mut stream, "pods").await {
         let (changes, listed) = {
             let mut state = ctx.write_state();
             let Some(store) = state.pod_scopes.get_mut(&scope) else {
@@ -107,26 +119,9 @@ pub async fn watch_pods(ctx: Arc<Context>, namespace: Option<String>) {
 /// Feeds the namespace labels that namespace selectors match.
 pub async fn watch_namespaces(ctx: Arc<Context>) {
     let api: Api<Namespace> = Api::all(ctx.client.clone());
-    let mut stream = watcher::watcher(api, config()).default_backoff().boxed();
-    loop {
-        let event = tokio::select! {
-            () = ctx.shutdown.cancelled() => return,
-            event = stream.next() => match event {
-                Some(event) => event,
-                None => return,
-            },
-        };
-        let event = match event {
-            Ok(event) => event,
-            Err(e) => {
-                ctx.metrics
-                    .watch_errors
-                    .with_label_values(&["namespaces"])
-                    .inc();
-                tracing::warn!("namespace watch failed, retrying: {e}");
-                continue;
-            }
-        };
+    let mut stream: EventStream<Namespace> =
+        watcher::watcher(api, config()).default_backoff().boxed();
+    while let Some(event) = next_event(&ctx, &mut stream, "namespaces").await {
         let (changed, synced_now) = {
             let mut state = ctx.write_state();
             let store = &mut state.namespaces;
@@ -173,40 +168,27 @@ pub async fn watch_environments(ctx: Arc<Context>) {
     if let Some(selector) = &ctx.options.environment_selector {
         config = config.labels(selector);
     }
-    let mut stream = watcher::watcher(api, config).default_backoff().boxed();
+    let mut stream: EventStream<KosliEnvironment> =
+        watcher::watcher(api, config).default_backoff().boxed();
     let mut relisted: Option<BTreeSet<String>> = None;
-    loop {
-        let event = tokio::select! {
-            () = ctx.shutdown.cancelled() => return,
-            event = stream.next() => match event {
-                Some(event) => event,
-                None => return,
-            },
-        };
+    while let Some(event) = next_event(&ctx, &mut stream, "koslienvironments").await {
         match event {
-            Ok(Event::Apply(env)) => ctx.environment_applied(env),
-            Ok(Event::Delete(env)) => {
+            Event::Apply(env) => ctx.environment_applied(env),
+            Event::Delete(env) => {
                 ctx.environment_deleted(&env.name_any());
                 ctx.metrics.forget_environment(&env.environment_name());
             }
-            Ok(Event::Init) => relisted = Some(BTreeSet::new()),
-            Ok(Event::InitApply(env)) => {
+            Event::Init => relisted = Some(BTreeSet::new()),
+            Event::InitApply(env) => {
                 relisted
                     .get_or_insert_with(BTreeSet::new)
                     .insert(env.name_any());
                 ctx.environment_applied(env);
             }
-            Ok(Event::InitDone) => {
+            Event::InitDone => {
                 ctx.retain_environments(&relisted.take().unwrap_or_default());
                 ctx.set_environments_synced();
                 tracing::info!("KosliEnvironment watch synced");
-            }
-            Err(e) => {
-                ctx.metrics
-                    .watch_errors
-                    .with_label_values(&["koslienvironments"])
-                    .inc();
-                tracing::warn!("KosliEnvironment watch failed, retrying: {e}");
             }
         }
     }

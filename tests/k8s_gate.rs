@@ -33,14 +33,6 @@ struct Gate {
     _cert: ServingCert,
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn hex(digest: &str) -> String {
     digest.trim_start_matches("sha256:").to_owned()
 }
@@ -67,7 +59,7 @@ async fn gate(mode: &str, extra: &[&str]) -> Gate {
     let fake = FakeKosli::start().await;
     fake.add_environment("prod", "K8S");
     let cert = serving_cert();
-    let port = free_port();
+    let port = support::free_port();
     let mut args = vec![
         "--webhook-addr".to_owned(),
         format!("127.0.0.1:{port}"),

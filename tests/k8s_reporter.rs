@@ -17,6 +17,7 @@ use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 use support::fake_kosli::{FakeKosli, Scripted};
 use support::operator::{Operator, eventually};
+use support::pod_names;
 use support::testenv::{
     RunningContainer, TestEnv, apply_crd, create_namespace, running_pod, unique,
 };
@@ -91,15 +92,6 @@ impl Setup {
         })
         .await
     }
-}
-
-fn pod_names(report: &Value) -> Vec<String> {
-    report["artifacts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a["podName"].as_str().unwrap().to_owned())
-        .collect()
 }
 
 fn condition<'a>(

@@ -17,6 +17,7 @@ use kube::api::{Api, PostParams};
 use serde_json::json;
 use support::fake_kosli::FakeKosli;
 use support::operator::{Operator, eventually};
+use support::pod_names;
 use support::testenv::{
     RunningContainer, apply_crd, client_for, create_namespace, running_pod, unique,
 };
@@ -102,15 +103,6 @@ impl Drop for OwnCluster {
             .arg(&self.run)
             .status();
     }
-}
-
-fn pod_names(report: &serde_json::Value) -> Vec<String> {
-    report["artifacts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a["podName"].as_str().unwrap().to_owned())
-        .collect()
 }
 
 #[tokio::test]

@@ -14,7 +14,7 @@ use serde::de::DeserializeOwned;
 
 use super::retry::{self, RetryPolicy};
 use super::types::{AssertOutcome, AssertResponse, CreateEnvironment, Environment};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, chain};
 
 /// The User-Agent every request carries.
 pub const USER_AGENT: &str = concat!("kosli-operator/", env!("CARGO_PKG_VERSION"));
@@ -525,21 +525,6 @@ fn transport_error(method: &'static str, path: &str, error: &reqwest::Error) -> 
         message: chain(error),
         certificate: is_certificate_error(error),
     }
-}
-
-/// An error and its sources, joined: reqwest's own message alone says little.
-fn chain(error: &dyn std::error::Error) -> String {
-    let mut message = error.to_string();
-    let mut source = error.source();
-    while let Some(e) = source {
-        let text = e.to_string();
-        if !message.contains(&text) {
-            message.push_str(": ");
-            message.push_str(&text);
-        }
-        source = e.source();
-    }
-    message
 }
 
 fn is_certificate_error(error: &reqwest::Error) -> bool {

@@ -77,3 +77,22 @@ pub fn stdout(o: &Output) -> String {
 pub fn stderr(o: &Output) -> String {
     String::from_utf8(o.stderr.clone()).expect("utf-8 stderr")
 }
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The pod names of a K8S report body, in report order.
+pub fn pod_names(report: &serde_json::Value) -> Vec<String> {
+    report["artifacts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["podName"].as_str().unwrap().to_owned())
+        .collect()
+}

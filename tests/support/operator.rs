@@ -15,14 +15,6 @@ pub struct Operator {
     _dir: tempfile::TempDir,
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 impl Operator {
     /// Starts the operator on `kubeconfig`, handling only KosliEnvironments
     /// labelled `test=<selector>`, with the Lease `lease`.
@@ -36,7 +28,7 @@ impl Operator {
     ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("operator.log");
-        let port = free_port();
+        let port = super::free_port();
         let mut cmd = Command::new(super::binary());
         cmd.args([
             "run",
