@@ -1,0 +1,96 @@
+{{/* The chart name. */}}
+{{- define "kosli-operator.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* The prefix of every resource name: the release name, plus the chart name unless it is already in it. */}}
+{{- define "kosli-operator.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "kosli-operator.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "kosli-operator.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "kosli-operator.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "kosli-operator.labels" -}}
+helm.sh/chart: {{ include "kosli-operator.chart" . }}
+{{ include "kosli-operator.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Values.image.tag | default .Chart.AppVersion | trunc 63 | trimSuffix "-" | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{- define "kosli-operator.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "kosli-operator.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- required "serviceAccount.name is required when serviceAccount.create is false" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "kosli-operator.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) }}
+{{- end }}
+{{- end }}
+
+{{/* Namespaces whose pods the operator watches: explicit, or the release namespace when permissionScope is "namespace". */}}
+{{- define "kosli-operator.watchNamespaces" -}}
+{{- $list := .Values.reporterConfig.watchNamespaces }}
+{{- if and (not $list) (eq .Values.serviceAccount.permissionScope "namespace") }}
+{{- $list = list .Release.Namespace }}
+{{- end }}
+{{- toJson $list }}
+{{- end }}
+
+{{/* The environment selector as k=v,k=v (sorted keys). */}}
+{{- define "kosli-operator.environmentSelector" -}}
+{{- $terms := list }}
+{{- range $k, $v := .Values.reporterConfig.environmentSelector }}
+{{- $terms = append $terms (printf "%s=%s" $k $v) }}
+{{- end }}
+{{- join "," $terms }}
+{{- end }}
+
+{{/* The webhook Service name and the Secret holding its certificate. */}}
+{{- define "kosli-operator.webhookService" -}}
+{{- printf "%s-webhook" (include "kosli-operator.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "kosli-operator.webhookSecret" -}}
+{{- printf "%s-webhook-tls" (include "kosli-operator.fullname" .) | trunc 253 }}
+{{- end }}
+
+{{/* Sanity checks of value combinations the schema cannot express. */}}
+{{- define "kosli-operator.validate" -}}
+{{- if and (gt (int .Values.replicaCount) 1) (not .Values.leaderElection.enabled) }}
+{{- fail "replicaCount > 1 needs leaderElection.enabled: two reporters on one environment would make its snapshots flip" }}
+{{- end }}
+{{- if and .Values.customCA.enabled (not .Values.customCA.secretName) }}
+{{- fail "customCA.secretName is required when customCA.enabled" }}
+{{- end }}
+{{- if and .Values.gate.registryCA.enabled (not .Values.gate.registryCA.secretName) }}
+{{- fail "gate.registryCA.secretName is required when gate.registryCA.enabled" }}
+{{- end }}
+{{- if and .Values.metrics.serviceMonitor.enabled (not .Values.metrics.service.enabled) }}
+{{- fail "metrics.serviceMonitor.enabled needs metrics.service.enabled" }}
+{{- end }}
+{{- if and (not .Values.kosliApiToken.secretName) (not .Values.reporterConfig.dryRun) }}
+{{- fail "kosliApiToken.secretName is required (unless reporterConfig.dryRun)" }}
+{{- end }}
+{{- end }}

@@ -1,0 +1,1645 @@
+//! The Helm chart (charts/kosli-operator) against the real tools and API server:
+//! `helm lint`, `helm template` of the defaults and of every examples/values file,
+//! `kubernetes-validate --strict` and a server-side dry run of what it renders, its
+//! RBAC proven by running the operator binary with exactly the ServiceAccount
+//! identity the chart binds, its KosliEnvironments from values, its values schema,
+//! and the gate's webhook certificate.
+
+#![allow(clippy::unwrap_used)] // tests may panic on what they do not expect
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
+use k8s_openapi::api::events::v1::Event;
+use kosli_operator::crd::{KosliEnvironment, KosliEnvironmentSpec};
+use kube::Client;
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use serde_json::{Value, json};
+use support::fake_kosli::{FakeKosli, ORG, TOKEN};
+use support::operator::eventually;
+use support::testenv::{RunningContainer, TestEnv, apply_crd, client_for, running_pod, unique};
+
+/// The namespace the test environment's ServiceAccount identity lives in.
+const RELEASE_NAMESPACE: &str = "kosli-operator";
+/// The ServiceAccount of that identity (TESTENV_KUBECONFIG_SA).
+const SERVICE_ACCOUNT: &str = "kosli-operator";
+/// Kinds kubernetes-validate has no schema for.
+const CUSTOM_KINDS: [&str; 4] = [
+    "KosliEnvironment",
+    "Certificate",
+    "Issuer",
+    "ServiceMonitor",
+];
+/// Kinds whose CRDs the test API server does not have (cert-manager, Prometheus Operator).
+const NOT_INSTALLED_KINDS: [&str; 3] = ["Certificate", "Issuer", "ServiceMonitor"];
+/// The Kubernetes version kubernetes-validate checks against.
+const VALIDATE_VERSION: &str = "1.30.0";
+/// The test API server's version: rendered for it, the chart picks the APIs it serves.
+const TEST_APISERVER_VERSION: &str = "1.20.2";
+const NGINX: &str = "1111111111111111111111111111111111111111111111111111111111111111";
+const SECONDS: Duration = Duration::from_secs(30);
+
+/// Every value group switched on at once (the examples leave some off).
+const EVERYTHING_ON: &str = r#"
+replicaCount: 3
+image:
+  digest: "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+  pullPolicy: Always
+imagePullSecrets: [{name: regcred}]
+serviceAccount:
+  annotations: {eks.amazonaws.com/role-arn: "arn:aws:iam::123456789012:role/kosli"}
+  permissionScope: namespace
+reporterConfig:
+  kosliOrg: acme
+  httpProxy: http://proxy.example:3128
+  maxApiRetries: 5
+  dryRun: false
+  watchNamespaces: [default, kosli-operator]
+  environmentSelector: {shard: a}
+  eventsNamespace: default
+  debounce: 2s
+  maxDebounce: 20s
+  logLevel: debug
+  securityContext: {runAsUser: 1000}
+  environments:
+    - name: apps
+      namespaces: [default]
+      podSelector: {matchLabels: {tier: backend}}
+      gate: {mode: Audit}
+leaderElection: {leaseName: kosli-operator-shard-a}
+env: {KOSLI_HOST: "https://app.us.kosli.com"}
+extraEnvVars: [{name: HTTPS_PROXY, value: "http://proxy.example:3128"}]
+extraVolumes: [{name: scratch, emptyDir: {}}]
+extraVolumeMounts: [{name: scratch, mountPath: /scratch}]
+customCA: {enabled: true, secretName: corp-ca}
+podLabels: {team: platform}
+podAnnotations: {example.com/a: "1"}
+podTemplateAnnotations: {example.com/b: "2"}
+nodeSelector: {kubernetes.io/os: linux}
+tolerations: [{key: dedicated, operator: Equal, value: platform, effect: NoSchedule}]
+affinity:
+  podAntiAffinity:
+    preferredDuringSchedulingIgnoredDuringExecution:
+      - weight: 100
+        podAffinityTerm:
+          topologyKey: kubernetes.io/hostname
+          labelSelector: {matchLabels: {app.kubernetes.io/name: kosli-operator}}
+topologySpreadConstraints:
+  - {maxSkew: 1, topologyKey: topology.kubernetes.io/zone, whenUnsatisfiable: ScheduleAnyway}
+priorityClassName: platform-critical
+podDisruptionBudget: {maxUnavailable: 1}
+metrics:
+  service: {annotations: {prometheus.io/scrape: "true"}}
+  serviceMonitor: {enabled: true, labels: {release: prometheus}}
+networkPolicy:
+  enabled: true
+  metricsFrom: [{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: monitoring}}}]
+  egress: [{ports: [{port: 443, protocol: TCP}]}]
+gate:
+  enabled: true
+  failurePolicy: Fail
+  timeoutSeconds: 5
+  exemptNamespaces: [monitoring]
+  namespaceSelector:
+    matchLabels: {kosli.com/gate: enabled}
+    matchExpressions: [{key: team, operator: Exists}]
+  objectSelector: {matchLabels: {gated: "yes"}}
+  insecureRegistries: ["registry.local:5000"]
+  compliantCacheTTL: 10m
+  nonCompliantCacheTTL: 30s
+  pullSecrets: true
+  registryCA: {enabled: true, secretName: registry-ca}
+  tls: {validityDays: 365}
+"#;
+
+// ------------------------------------------------------------------ tools
+
+fn var(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!(
+            "{name} is not set: the chart tests need helm, kubectl, kubernetes-validate and the \
+             real kube-apiserver; run them through hack/testenv/with-testenv.sh (or ./hack/test.sh), \
+             which installs and starts them and exports HELM, KUBECTL, KUBERNETES_VALIDATE and TESTENV_*"
+        )
+    })
+}
+
+fn tool(name: &str) -> PathBuf {
+    PathBuf::from(var(name))
+}
+
+fn chart() -> PathBuf {
+    support::repo_file("charts/kosli-operator")
+}
+
+/// examples/values/*.yaml, sorted; the four documented setups must be among them.
+fn example_values() -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(support::repo_file("examples/values"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    for required in [
+        "reporter-only.yaml",
+        "gate-cert-manager.yaml",
+        "single-tenant.yaml",
+        "proxy-custom-ca.yaml",
+    ] {
+        assert!(
+            files.iter().any(|f| f.ends_with(required)),
+            "examples/values/{required} is missing"
+        );
+    }
+    files
+}
+
+/// Runs `cmd`, feeding it `stdin`.
+fn run(cmd: &mut Command, stdin: &str) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn text(output: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+/// A command that does not pick up the caller's cluster or Helm settings.
+fn isolated(program: PathBuf) -> Command {
+    let mut cmd = Command::new(program);
+    cmd.env_remove("KUBECONFIG").env_remove("HELM_NAMESPACE");
+    cmd
+}
+
+/// `helm template RELEASE chart -n NAMESPACE -f VALUES... ARGS...`: the manifests,
+/// or Helm's error.
+fn helm_template(
+    release: &str,
+    namespace: &str,
+    values: &[&Path],
+    args: &[&str],
+) -> Result<String, String> {
+    let mut cmd = isolated(tool("HELM"));
+    cmd.arg("template")
+        .arg(release)
+        .arg(chart())
+        .args(["--namespace", namespace]);
+    for file in values {
+        cmd.arg("--values").arg(file);
+    }
+    cmd.args(args);
+    let output = run(&mut cmd, "");
+    if output.status.success() {
+        Ok(String::from_utf8(output.stdout).unwrap())
+    } else {
+        Err(text(&output))
+    }
+}
+
+fn render(release: &str, namespace: &str, values: &[&Path], args: &[&str]) -> Vec<Doc> {
+    let manifests = helm_template(release, namespace, values, args)
+        .unwrap_or_else(|e| panic!("helm template {values:?} {args:?} failed:\n{e}"));
+    documents(&manifests)
+}
+
+fn write_values(dir: &Path, name: &str, yaml: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, yaml).unwrap();
+    path
+}
+
+fn kubectl(kubeconfig: &Path, args: &[&str], stdin: &str) -> Output {
+    let mut cmd = isolated(tool("KUBECTL"));
+    cmd.arg("--kubeconfig").arg(kubeconfig).args(args);
+    run(&mut cmd, stdin)
+}
+
+// ------------------------------------------------------------------ manifests
+
+/// One rendered document: its text as Helm wrote it, and its parsed value.
+#[derive(Clone, Debug)]
+struct Doc {
+    raw: String,
+    value: Value,
+}
+
+impl Doc {
+    fn kind(&self) -> &str {
+        self.value["kind"].as_str().unwrap_or_default()
+    }
+
+    fn name(&self) -> &str {
+        self.value["metadata"]["name"].as_str().unwrap_or_default()
+    }
+
+    fn namespace(&self) -> Option<&str> {
+        self.value["metadata"]["namespace"].as_str()
+    }
+}
+
+/// Splits `helm template` output into its documents, skipping empty ones.
+fn documents(manifests: &str) -> Vec<Doc> {
+    let mut chunks = vec![String::new()];
+    for line in manifests.lines() {
+        if line.trim_end() == "---" {
+            chunks.push(String::new());
+        } else {
+            let chunk = chunks.last_mut().unwrap();
+            chunk.push_str(line);
+            chunk.push('\n');
+        }
+    }
+    chunks
+        .into_iter()
+        .filter(|c| {
+            c.lines()
+                .any(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
+        })
+        .map(|raw| {
+            let value: Value = serde_saphyr::from_str(&raw)
+                .unwrap_or_else(|e| panic!("rendered document is not YAML ({e}):\n{raw}"));
+            assert!(
+                value["kind"].is_string(),
+                "rendered document without a kind:\n{raw}"
+            );
+            Doc { raw, value }
+        })
+        .collect()
+}
+
+fn joined(docs: &[&Doc]) -> String {
+    docs.iter()
+        .map(|d| d.raw.trim_end())
+        .collect::<Vec<_>>()
+        .join("\n---\n")
+        + "\n"
+}
+
+fn only<'a>(docs: &'a [Doc], kind: &str) -> &'a Doc {
+    let found: Vec<&Doc> = docs.iter().filter(|d| d.kind() == kind).collect();
+    assert_eq!(found.len(), 1, "expected one {kind}, got {}", found.len());
+    found[0]
+}
+
+fn all<'a>(docs: &'a [Doc], kind: &str) -> Vec<&'a Doc> {
+    docs.iter().filter(|d| d.kind() == kind).collect()
+}
+
+fn kinds(docs: &[Doc]) -> Vec<String> {
+    docs.iter().map(|d| d.kind().to_owned()).collect()
+}
+
+/// `kubernetes-validate --strict` on the documents it has schemas for; every one
+/// of them must be reported as passed (an unknown kind only warns).
+fn kubernetes_validate(docs: &[Doc], what: &str) {
+    let known: Vec<&Doc> = docs
+        .iter()
+        .filter(|d| !CUSTOM_KINDS.contains(&d.kind()))
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_values(dir.path(), "manifests.yaml", &joined(&known));
+    let mut cmd = isolated(tool("KUBERNETES_VALIDATE"));
+    cmd.args(["--strict", "-k", VALIDATE_VERSION]).arg(&file);
+    let output = run(&mut cmd, "");
+    let out = text(&output);
+    assert!(
+        output.status.success(),
+        "kubernetes-validate --strict -k {VALIDATE_VERSION} rejects the rendering of {what}:\n{out}"
+    );
+    let passed = out
+        .lines()
+        .filter(|l| l.contains("passed for resource"))
+        .count();
+    assert_eq!(
+        passed,
+        known.len(),
+        "kubernetes-validate did not check every document of {what}:\n{out}"
+    );
+}
+
+/// `kubectl apply --dry-run=server`: the API server validates and admits each
+/// document (the CRD is applied first), storing nothing.
+fn server_dry_run(kubeconfig: &Path, docs: &[Doc], what: &str) {
+    let wanted: Vec<&Doc> = docs
+        .iter()
+        .filter(|d| !NOT_INSTALLED_KINDS.contains(&d.kind()))
+        .collect();
+    let output = kubectl(
+        kubeconfig,
+        &["apply", "--dry-run=server", "-f", "-"],
+        &joined(&wanted),
+    );
+    let out = text(&output);
+    assert!(
+        output.status.success(),
+        "the API server refuses the rendering of {what}:\n{out}"
+    );
+    let accepted = out
+        .lines()
+        .filter(|l| l.contains("(server dry run)"))
+        .count();
+    assert_eq!(
+        accepted,
+        wanted.len(),
+        "not every document of {what} was accepted:\n{out}"
+    );
+}
+
+/// Checks the pod template against the Pod Security "restricted" profile.
+fn assert_restricted(deployment: &Doc, what: &str) {
+    let pod = &deployment.value["spec"]["template"]["spec"];
+    for host in ["hostNetwork", "hostPID", "hostIPC"] {
+        assert_ne!(pod[host], json!(true), "{what}: {host}");
+    }
+    let allowed_volumes = [
+        "configMap",
+        "csi",
+        "downwardAPI",
+        "emptyDir",
+        "ephemeral",
+        "persistentVolumeClaim",
+        "projected",
+        "secret",
+    ];
+    for volume in pod["volumes"].as_array().into_iter().flatten() {
+        let source = volume
+            .as_object()
+            .unwrap()
+            .keys()
+            .find(|k| *k != "name")
+            .unwrap();
+        assert!(
+            allowed_volumes.contains(&source.as_str()),
+            "{what}: volume type {source} is not allowed"
+        );
+    }
+    let pod_sc = &pod["securityContext"];
+    assert_eq!(
+        pod_sc["runAsNonRoot"],
+        json!(true),
+        "{what}: pod runAsNonRoot"
+    );
+    assert_eq!(
+        pod_sc["seccompProfile"]["type"],
+        json!("RuntimeDefault"),
+        "{what}: pod seccompProfile"
+    );
+    assert_ne!(pod_sc["runAsUser"], json!(0), "{what}: pod runAsUser 0");
+    let containers = pod["containers"].as_array().unwrap();
+    assert!(!containers.is_empty());
+    for c in containers
+        .iter()
+        .chain(pod["initContainers"].as_array().into_iter().flatten())
+    {
+        let sc = &c["securityContext"];
+        assert_eq!(sc["allowPrivilegeEscalation"], json!(false), "{what}: {c}");
+        assert_eq!(sc["readOnlyRootFilesystem"], json!(true), "{what}: {c}");
+        assert_ne!(sc["privileged"], json!(true), "{what}: {c}");
+        assert_ne!(sc["runAsNonRoot"], json!(false), "{what}: {c}");
+        assert_ne!(sc["runAsUser"], json!(0), "{what}: {c}");
+        assert!(
+            sc["capabilities"]["drop"]
+                .as_array()
+                .is_some_and(|d| d.contains(&json!("ALL"))),
+            "{what}: capabilities must drop ALL: {c}"
+        );
+        for cap in sc["capabilities"]["add"].as_array().into_iter().flatten() {
+            assert_eq!(cap, &json!("NET_BIND_SERVICE"), "{what}: {c}");
+        }
+        if !sc["seccompProfile"].is_null() {
+            assert_eq!(sc["seccompProfile"]["type"], json!("RuntimeDefault"));
+        }
+    }
+}
+
+fn operator_container(deployment: &Doc) -> &Value {
+    deployment.value["spec"]["template"]["spec"]["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "operator")
+        .unwrap_or_else(|| panic!("no container named operator:\n{}", deployment.raw))
+}
+
+fn args_of(deployment: &Doc) -> Vec<String> {
+    operator_container(deployment)["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_owned())
+        .collect()
+}
+
+fn env_of(deployment: &Doc) -> BTreeMap<String, Value> {
+    operator_container(deployment)["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["name"].as_str().unwrap().to_owned(), e.clone()))
+        .collect()
+}
+
+/// The rules of a Role or ClusterRole, as (apiGroup, resource, verb, resourceNames) tuples.
+fn grants(role: &Doc) -> Vec<(String, String, String, Vec<String>)> {
+    let mut out = Vec::new();
+    for rule in role.value["rules"].as_array().unwrap() {
+        let names: Vec<String> = rule["resourceNames"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|n| n.as_str().unwrap().to_owned())
+            .collect();
+        for group in rule["apiGroups"].as_array().unwrap() {
+            for resource in rule["resources"].as_array().unwrap() {
+                for verb in rule["verbs"].as_array().unwrap() {
+                    out.push((
+                        group.as_str().unwrap().to_owned(),
+                        resource.as_str().unwrap().to_owned(),
+                        verb.as_str().unwrap().to_owned(),
+                        names.clone(),
+                    ));
+                }
+            }
+        }
+    }
+    out
+}
+
+fn grant(group: &str, resource: &str, verb: &str) -> (String, String, String, Vec<String>) {
+    (group.into(), resource.into(), verb.into(), Vec::new())
+}
+
+// ------------------------------------------------------------------ cluster
+
+/// Creates the namespace unless it exists: tests share one API server.
+async fn ensure_namespace(client: &Client, name: &str) {
+    let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
+    match Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &ns)
+        .await
+    {
+        Ok(_) => {}
+        Err(kube::Error::Api(status)) if status.code == 409 => {}
+        Err(e) => panic!("cannot create namespace {name}: {e}"),
+    }
+}
+
+fn is_forbidden<T: std::fmt::Debug>(result: Result<T, kube::Error>) -> bool {
+    matches!(result, Err(kube::Error::Api(status)) if status.code == 403)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The rendered Deployment's operator container, run as a local process the way
+/// a kubelet would run it: its args and env as rendered (the downward API filled
+/// in), its Secret volumes written from the cluster's Secrets into a directory that
+/// stands in for their mount paths, loopback ports instead of 0.0.0.0, and the
+/// given kubeconfig as its identity.
+struct ChartPod {
+    child: Child,
+    http: String,
+    webhook: Option<std::net::SocketAddr>,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl ChartPod {
+    async fn start(deployment: &Doc, admin: &Client, kubeconfig: &Path, pod_name: &str) -> Self {
+        let namespace = deployment.namespace().unwrap().to_owned();
+        let container = operator_container(deployment);
+        let volumes: BTreeMap<&str, &Value> =
+            deployment.value["spec"]["template"]["spec"]["volumes"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|v| (v["name"].as_str().unwrap(), v))
+                .collect();
+        let dir = tempfile::tempdir().unwrap();
+        // Mount path -> the directory standing in for it.
+        let mut mounts: Vec<(String, String)> = Vec::new();
+        for mount in container["volumeMounts"].as_array().into_iter().flatten() {
+            let name = mount["name"].as_str().unwrap();
+            let volume = volumes[name];
+            let Some(secret) = volume.get("secret") else {
+                continue;
+            };
+            let secret_name = secret["secretName"].as_str().unwrap();
+            let data = Api::<Secret>::namespaced(admin.clone(), &namespace)
+                .get(secret_name)
+                .await
+                .unwrap_or_else(|e| panic!("Secret {namespace}/{secret_name} to mount: {e}"))
+                .data
+                .unwrap_or_default();
+            let target = dir.path().join(format!("volume-{name}"));
+            std::fs::create_dir_all(&target).unwrap();
+            let items: Vec<(String, String)> = match secret["items"].as_array() {
+                Some(items) => items
+                    .iter()
+                    .map(|i| {
+                        let key = i["key"].as_str().unwrap().to_owned();
+                        (key, i["path"].as_str().unwrap().to_owned())
+                    })
+                    .collect(),
+                None => data.keys().map(|k| (k.clone(), k.clone())).collect(),
+            };
+            for (key, path) in items {
+                let bytes = &data
+                    .get(&key)
+                    .unwrap_or_else(|| panic!("Secret {secret_name} has no key {key}"))
+                    .0;
+                std::fs::write(target.join(path), bytes).unwrap();
+            }
+            mounts.push((
+                mount["mountPath"].as_str().unwrap().to_owned(),
+                target.to_str().unwrap().to_owned(),
+            ));
+        }
+        let local = |s: &str| -> String {
+            for (path, target) in &mounts {
+                if let Some(rest) = s.strip_prefix(path.as_str()) {
+                    return format!("{target}{rest}");
+                }
+            }
+            s.to_owned()
+        };
+
+        let http_port = free_port();
+        let mut webhook = None;
+        let mut args: Vec<String> = Vec::new();
+        for arg in container["args"].as_array().unwrap() {
+            let arg = arg.as_str().unwrap();
+            if arg.starts_with("--http-addr=") {
+                args.push(format!("--http-addr=127.0.0.1:{http_port}"));
+            } else if arg.starts_with("--webhook-addr=") {
+                let addr = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
+                webhook = Some(addr);
+                args.push(format!("--webhook-addr={addr}"));
+            } else if let Some((flag, value)) = arg.split_once('=') {
+                args.push(format!("{flag}={}", local(value)));
+            } else {
+                args.push(arg.to_owned());
+            }
+        }
+        args.push("--kubeconfig".into());
+        args.push(kubeconfig.to_str().unwrap().into());
+
+        let log = dir.path().join("operator.log");
+        let mut cmd = Command::new(support::binary());
+        cmd.args(&args)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default());
+        for env in container["env"].as_array().into_iter().flatten() {
+            let name = env["name"].as_str().unwrap();
+            let value = if let Some(value) = env["value"].as_str() {
+                local(value)
+            } else {
+                match env["valueFrom"]["fieldRef"]["fieldPath"].as_str() {
+                    Some("metadata.namespace") => namespace.clone(),
+                    Some("metadata.name") => pod_name.to_owned(),
+                    _ => panic!("env {name}: only values and the downward API are expected: {env}"),
+                }
+            };
+            cmd.env(name, value);
+        }
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(dir.path().join("stdout.log")).unwrap())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        Self {
+            child,
+            http: format!("http://127.0.0.1:{http_port}"),
+            webhook,
+            log,
+            _dir: dir,
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits for /readyz, failing with the operator's log if it never comes.
+    async fn wait_ready(&mut self) {
+        kosli_operator::tls::install_crypto_provider();
+        let client = reqwest::Client::builder().no_proxy().build().unwrap();
+        let deadline = Instant::now() + SECONDS;
+        while Instant::now() < deadline {
+            if let Ok(response) = client.get(format!("{}/readyz", self.http)).send().await
+                && response.status() == 200
+            {
+                return;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("operator exited with {status}:\n{}", self.log());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("operator not ready within {SECONDS:?}:\n{}", self.log());
+    }
+}
+
+impl Drop for ChartPod {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Objects applied for a test, deleted again when it ends (also on a panic), so
+/// that no right granted to the shared ServiceAccount identity outlives the test.
+/// The ServiceAccount itself stays: it is the test environment's.
+struct Applied {
+    kubeconfig: PathBuf,
+    manifests: String,
+}
+
+impl Applied {
+    fn new(kubeconfig: &Path, docs: &[&Doc]) -> Self {
+        let owned: Vec<&Doc> = docs
+            .iter()
+            .copied()
+            .filter(|d| d.kind() != "ServiceAccount")
+            .collect();
+        Self {
+            kubeconfig: kubeconfig.to_owned(),
+            manifests: joined(&owned),
+        }
+    }
+}
+
+impl Drop for Applied {
+    fn drop(&mut self) {
+        let output = kubectl(
+            &self.kubeconfig,
+            &["delete", "--ignore-not-found", "--wait=false", "-f", "-"],
+            &self.manifests,
+        );
+        if !output.status.success() && !std::thread::panicking() {
+            panic!("cleanup failed:\n{}", text(&output));
+        }
+    }
+}
+
+// ------------------------------------------------------------------ tests
+
+#[test]
+fn chart_crd_is_the_generated_crd() {
+    let generated =
+        std::fs::read_to_string(support::repo_file("crds/koslienvironments.kosli.com.yaml"))
+            .unwrap();
+    let in_chart = std::fs::read_to_string(chart().join("crds/koslienvironments.kosli.com.yaml"))
+        .unwrap_or_else(|e| panic!("the chart has no crds/koslienvironments.kosli.com.yaml: {e}"));
+    assert!(
+        in_chart == generated,
+        "charts/kosli-operator/crds/koslienvironments.kosli.com.yaml differs from \
+         crds/koslienvironments.kosli.com.yaml; copy it: \
+         cp crds/koslienvironments.kosli.com.yaml charts/kosli-operator/crds/"
+    );
+}
+
+#[test]
+fn helm_lint_passes_for_defaults_and_every_example() {
+    let mut sets: Vec<Option<PathBuf>> = vec![None];
+    sets.extend(example_values().into_iter().map(Some));
+    for values in sets {
+        let mut cmd = isolated(tool("HELM"));
+        cmd.args(["lint", "--strict"]).arg(chart());
+        if let Some(file) = &values {
+            cmd.arg("--values").arg(file);
+        }
+        let output = run(&mut cmd, "");
+        let out = text(&output);
+        assert!(
+            output.status.success() && out.contains("1 chart(s) linted, 0 chart(s) failed"),
+            "helm lint --strict with {values:?}:\n{out}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn every_values_set_renders_manifests_that_validate_and_the_apiserver_accepts() {
+    let env = TestEnv::get();
+    let admin = env.client().await;
+    apply_crd(&admin).await;
+    ensure_namespace(&admin, RELEASE_NAMESPACE).await;
+    let dir = tempfile::tempdir().unwrap();
+    let everything = write_values(dir.path(), "everything-on.yaml", EVERYTHING_ON);
+    let mut sets: Vec<(String, Vec<&Path>)> = vec![("the default values".into(), vec![])];
+    let examples = example_values();
+    for file in &examples {
+        sets.push((file.display().to_string(), vec![file.as_path()]));
+    }
+    sets.push(("every value group on".into(), vec![everything.as_path()]));
+
+    for (what, values) in &sets {
+        // As Helm renders for a current cluster: validated against the 1.30 schemas.
+        let docs = render("kosli-operator", RELEASE_NAMESPACE, values, &[]);
+        let deployment = only(&docs, "Deployment");
+        assert_restricted(deployment, what);
+        kubernetes_validate(&docs, what);
+        for pdb in all(&docs, "PodDisruptionBudget") {
+            assert_eq!(pdb.value["apiVersion"], "policy/v1", "{what}");
+        }
+
+        // As Helm renders for the test API server (v1.20): accepted by it.
+        let old = render(
+            "kosli-operator",
+            RELEASE_NAMESPACE,
+            values,
+            &["--kube-version", TEST_APISERVER_VERSION],
+        );
+        for pdb in all(&old, "PodDisruptionBudget") {
+            assert_eq!(pdb.value["apiVersion"], "policy/v1beta1", "{what}");
+        }
+        server_dry_run(&env.kubeconfig, &old, what);
+    }
+
+    // The defaults: the documented resources, probes and security settings.
+    let docs = render("kosli-operator", RELEASE_NAMESPACE, &[], &[]);
+    let deployment = only(&docs, "Deployment");
+    let container = operator_container(deployment);
+    assert_eq!(
+        container["resources"],
+        json!({"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}})
+    );
+    assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/livez");
+    assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert_eq!(container["securityContext"]["runAsUser"], 65532);
+    assert_eq!(
+        deployment.value["spec"]["template"]["spec"]["securityContext"]["runAsUser"],
+        65532
+    );
+    assert_eq!(deployment.value["spec"]["replicas"], 1);
+    assert_eq!(
+        container["image"], "ghcr.io/kosli-dev/kosli-operator:0.1.0",
+        "the tag defaults to appVersion"
+    );
+    let env_vars = env_of(deployment);
+    assert!(
+        !env_vars.contains_key("KOSLI_API_TOKEN"),
+        "the token must never be in the environment"
+    );
+    assert_eq!(
+        env_vars["KOSLI_API_TOKEN_FILE"]["value"],
+        "/etc/kosli-operator/api-token/token"
+    );
+    let volumes = &deployment.value["spec"]["template"]["spec"]["volumes"];
+    assert_eq!(
+        volumes[0]["secret"],
+        json!({"secretName": "kosli-api-token", "items": [{"key": "key", "path": "token"}]}),
+        "the k8s-reporter defaults: Secret kosli-api-token, key `key`"
+    );
+    let mut rendered_kinds = kinds(&docs);
+    rendered_kinds.sort();
+    assert_eq!(
+        rendered_kinds,
+        [
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "Deployment",
+            "Role",
+            "Role",
+            "RoleBinding",
+            "RoleBinding",
+            "Service",
+            "ServiceAccount"
+        ],
+        "by default: no gate, no PodDisruptionBudget for one replica, no NetworkPolicy, \
+         no ServiceMonitor, no KosliEnvironments"
+    );
+
+    // Every value group on: each reaches the manifests.
+    let docs = render("kosli-operator", RELEASE_NAMESPACE, &[&everything], &[]);
+    let deployment = only(&docs, "Deployment");
+    let args = args_of(deployment);
+    for expected in [
+        "--environment-selector=shard=a",
+        "--watch-namespaces=default,kosli-operator",
+        "--events-namespace=default",
+        "--lease-name=kosli-operator-shard-a",
+        "--debounce=2s",
+        "--max-debounce=20s",
+        "--webhook-timeout=5s",
+        "--gate-exempt-namespaces=monitoring",
+        "--insecure-registries=registry.local:5000",
+        "--registry-ca-bundle=/etc/kosli-operator/registry-ca/ca.crt",
+        "--gate-compliant-cache=10m",
+        "--gate-non-compliant-cache=30s",
+    ] {
+        assert!(
+            args.contains(&expected.to_owned()),
+            "{expected} missing: {args:?}"
+        );
+    }
+    let env_vars = env_of(deployment);
+    for (name, value) in [
+        ("KOSLI_ORG", "acme"),
+        ("KOSLI_HOST", "https://app.us.kosli.com"),
+        ("KOSLI_HTTP_PROXY", "http://proxy.example:3128"),
+        ("KOSLI_CA_BUNDLE", "/etc/kosli-operator/custom-ca/ca.crt"),
+        ("KOSLI_MAX_API_RETRIES", "5"),
+        ("HTTPS_PROXY", "http://proxy.example:3128"),
+        ("RUST_LOG", "debug"),
+    ] {
+        assert_eq!(env_vars[name]["value"], value, "{name}");
+    }
+    let pod = &deployment.value["spec"]["template"];
+    assert_eq!(pod["metadata"]["labels"]["team"], "platform");
+    assert_eq!(pod["metadata"]["annotations"]["example.com/a"], "1");
+    assert_eq!(pod["metadata"]["annotations"]["example.com/b"], "2");
+    assert_eq!(pod["spec"]["priorityClassName"], "platform-critical");
+    assert_eq!(
+        pod["spec"]["imagePullSecrets"],
+        json!([{"name": "regcred"}])
+    );
+    assert_eq!(
+        operator_container(deployment)["image"],
+        "ghcr.io/kosli-dev/kosli-operator@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+    );
+    assert_eq!(
+        operator_container(deployment)["securityContext"]["runAsUser"],
+        1000,
+        "a k8s-reporter securityContext merges into the hardened defaults"
+    );
+    for kind in [
+        "NetworkPolicy",
+        "ServiceMonitor",
+        "PodDisruptionBudget",
+        "ValidatingWebhookConfiguration",
+        "KosliEnvironment",
+    ] {
+        only(&docs, kind);
+    }
+    assert_eq!(
+        only(&docs, "PodDisruptionBudget").value["spec"]["maxUnavailable"],
+        1
+    );
+}
+
+#[test]
+fn rbac_is_least_privilege_as_rendered() {
+    let dir = tempfile::tempdir().unwrap();
+    let docs = render("rel", "ops", &[], &[]);
+    let cluster_role = only(&docs, "ClusterRole");
+    let mut cluster = grants(cluster_role);
+    cluster.sort();
+    let mut expected = vec![
+        grant("", "pods", "get"),
+        grant("", "pods", "list"),
+        grant("", "pods", "watch"),
+        grant("", "namespaces", "get"),
+        grant("", "namespaces", "list"),
+        grant("", "namespaces", "watch"),
+        grant("kosli.com", "koslienvironments", "get"),
+        grant("kosli.com", "koslienvironments", "list"),
+        grant("kosli.com", "koslienvironments", "watch"),
+        grant("kosli.com", "koslienvironments/status", "get"),
+        grant("kosli.com", "koslienvironments/status", "patch"),
+        grant("kosli.com", "koslienvironments/status", "update"),
+    ];
+    expected.sort();
+    assert_eq!(cluster, expected, "nothing else cluster-wide (no secrets)");
+    let roles = all(&docs, "Role");
+    let lease_role = roles
+        .iter()
+        .find(|r| r.name().ends_with("-leader-election"))
+        .unwrap();
+    assert_eq!(
+        lease_role.namespace(),
+        Some("ops"),
+        "leases in its own namespace"
+    );
+    let mut leases = grants(lease_role);
+    leases.sort();
+    let named = |verb: &str| {
+        (
+            "coordination.k8s.io".to_owned(),
+            "leases".to_owned(),
+            verb.to_owned(),
+            vec!["kosli-operator".to_owned()],
+        )
+    };
+    assert_eq!(
+        leases,
+        vec![
+            grant("coordination.k8s.io", "leases", "create"),
+            named("get"),
+            named("update")
+        ]
+    );
+    let events_role = roles
+        .iter()
+        .find(|r| r.name().ends_with("-events"))
+        .unwrap();
+    assert_eq!(events_role.namespace(), Some("kube-system"));
+    assert_eq!(
+        grants(events_role),
+        vec![grant("events.k8s.io", "events", "create")]
+    );
+    for binding in all(&docs, "RoleBinding")
+        .into_iter()
+        .chain(all(&docs, "ClusterRoleBinding"))
+    {
+        assert_eq!(
+            binding.value["subjects"],
+            json!([{"kind": "ServiceAccount", "name": "rel-kosli-operator", "namespace": "ops"}])
+        );
+    }
+
+    // The gate alone adds nothing; gate.pullSecrets adds reading pull secrets.
+    let gate = render("rel", "ops", &[], &["--set", "gate.enabled=true"]);
+    assert_eq!(grants(only(&gate, "ClusterRole")).len(), cluster.len());
+    let pull = render(
+        "rel",
+        "ops",
+        &[],
+        &[
+            "--set",
+            "gate.enabled=true",
+            "--set",
+            "gate.pullSecrets=true",
+        ],
+    );
+    let pull_grants = grants(only(&pull, "ClusterRole"));
+    assert!(pull_grants.contains(&grant("", "secrets", "get")));
+    assert!(pull_grants.contains(&grant("", "serviceaccounts", "get")));
+    assert!(
+        !pull_grants
+            .iter()
+            .any(|(_, r, v, _)| r == "secrets" && v != "get"),
+        "get only, never list or watch: {pull_grants:?}"
+    );
+
+    // permissionScope "namespace": pods only in the watched namespaces.
+    let values = write_values(
+        dir.path(),
+        "scoped.yaml",
+        "serviceAccount: {permissionScope: namespace}\nreporterConfig: {watchNamespaces: [shop, payments]}\n",
+    );
+    let scoped = render("rel", "ops", &[&values], &[]);
+    assert!(
+        !grants(only(&scoped, "ClusterRole"))
+            .iter()
+            .any(|(_, r, _, _)| r == "pods")
+    );
+    let pod_roles: Vec<&str> = all(&scoped, "Role")
+        .into_iter()
+        .filter(|r| r.name().ends_with("-pods"))
+        .map(|r| r.namespace().unwrap())
+        .collect();
+    assert_eq!(pod_roles, ["shop", "payments"]);
+    assert!(
+        args_of(only(&scoped, "Deployment")).contains(&"--watch-namespaces=shop,payments".into())
+    );
+}
+
+#[tokio::test]
+async fn chart_rbac_lets_the_operator_report_and_refuses_secrets() {
+    let env = TestEnv::get();
+    let admin = env.client().await;
+    let sa_kubeconfig = tool("TESTENV_KUBECONFIG_SA");
+    assert_eq!(var("TESTENV_SA_NAMESPACE"), RELEASE_NAMESPACE);
+    assert_eq!(var("TESTENV_SA_NAME"), SERVICE_ACCOUNT);
+    apply_crd(&admin).await;
+    ensure_namespace(&admin, RELEASE_NAMESPACE).await;
+    let fake = FakeKosli::start().await;
+    // The release name keeps this test's cluster-scoped objects apart from other tests'.
+    let id = unique("helm");
+    let app_ns = unique("helm-app");
+    ensure_namespace(&admin, &app_ns).await;
+    let shop = format!("{id}-shop");
+    let missing = format!("{id}-missing");
+    let token_secret = format!("{id}-token");
+
+    let dir = tempfile::tempdir().unwrap();
+    let values = write_values(
+        dir.path(),
+        "values.yaml",
+        &format!(
+            r#"
+serviceAccount: {{name: {SERVICE_ACCOUNT}}}
+kosliApiToken: {{secretName: {token_secret}, secretKey: api-token}}
+leaderElection: {{leaseName: {id}}}
+reporterConfig:
+  kosliOrg: {ORG}
+  kosliHost: {host}
+  autoEnvironment: true
+  environmentDescription: Reported by the chart test
+  environmentSelector: {{test: {id}}}
+  environments:
+    - name: {shop}
+      namespaces: [{app_ns}]
+    - name: {missing}
+      namespaces: [{app_ns}]
+      autoCreate: false
+"#,
+            host = fake.url
+        ),
+    );
+    let docs = render(&id, RELEASE_NAMESPACE, &[&values], &[]);
+    let sa = only(&docs, "ServiceAccount");
+    assert_eq!(
+        (sa.name(), sa.namespace()),
+        (SERVICE_ACCOUNT, Some(RELEASE_NAMESPACE)),
+        "the chart must bind the identity of TESTENV_KUBECONFIG_SA"
+    );
+
+    // What `helm install` would create, minus the Deployment (no kubelet here):
+    // the RBAC, the ServiceAccount and the KosliEnvironments; and the token Secret.
+    let secret: Secret = serde_json::from_value(json!({
+        "metadata": {"name": token_secret, "namespace": RELEASE_NAMESPACE},
+        "stringData": {"api-token": TOKEN},
+    }))
+    .unwrap();
+    Api::<Secret>::namespaced(admin.clone(), RELEASE_NAMESPACE)
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap();
+    let applied: Vec<&Doc> = docs
+        .iter()
+        .filter(|d| {
+            [
+                "ServiceAccount",
+                "ClusterRole",
+                "ClusterRoleBinding",
+                "Role",
+                "RoleBinding",
+                "KosliEnvironment",
+            ]
+            .contains(&d.kind())
+        })
+        .collect();
+    // Every right must come from this rendering: the identity starts with none.
+    let sa = client_for(&sa_kubeconfig).await;
+    assert!(
+        is_forbidden(
+            Api::<Namespace>::all(sa.clone())
+                .list(&ListParams::default())
+                .await
+        ),
+        "{SERVICE_ACCOUNT} may list namespaces before the chart's RBAC is applied: something \
+         else granted it rights on this API server, so this test would prove nothing"
+    );
+    let _applied = Applied::new(&env.kubeconfig, &applied);
+    let output = kubectl(&env.kubeconfig, &["apply", "-f", "-"], &joined(&applied));
+    assert!(output.status.success(), "{}", text(&output));
+
+    let web = RunningContainer::pulled("web", "docker.io/library/nginx:1.27", NGINX);
+    running_pod(&admin, &app_ns, "web-1", &[], std::slice::from_ref(&web)).await;
+
+    // The operator container as rendered, with the ServiceAccount's identity.
+    let pod_name = format!("{id}-7d9f8b6c5-x2x4z");
+    let mut op =
+        ChartPod::start(only(&docs, "Deployment"), &admin, &sa_kubeconfig, &pod_name).await;
+    op.wait_ready().await;
+
+    // It reports: pods, namespaces and KosliEnvironments are readable, the token
+    // file from the Secret works, autoCreate and the description came from values.
+    let report = eventually(SECONDS, "the report with web-1", || async {
+        fake.reports(&shop)
+            .last()
+            .filter(|r| r["artifacts"][0]["podName"] == "web-1")
+            .cloned()
+    })
+    .await;
+    assert_eq!(report["artifacts"][0]["namespace"], json!(app_ns));
+    let created: Vec<Value> = fake
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "PUT" && r.path == format!("/api/v2/environments/{ORG}"))
+        .map(|r| serde_json::from_slice(&r.body).unwrap())
+        .collect();
+    assert!(
+        created.iter().any(|b| b["name"] == json!(shop)
+            && b["type"] == "K8S"
+            && b["description"] == "Reported by the chart test"),
+        "{created:?}"
+    );
+    assert!(
+        !created.iter().any(|b| b["name"] == json!(missing)),
+        "autoCreate: false on one environment wins over autoEnvironment"
+    );
+
+    // It writes status (koslienvironments/status).
+    let environments: Api<KosliEnvironment> = Api::all(admin.clone());
+    eventually(
+        SECONDS,
+        "status Ready=True on the reported environment",
+        || {
+            let environments = environments.clone();
+            let shop = shop.clone();
+            async move {
+                let status = environments.get(&shop).await.ok()?.status?;
+                status
+                    .conditions
+                    .iter()
+                    .any(|c| c.type_ == "Ready" && c.status == "True")
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+
+    // It records Events in the events namespace (kube-system).
+    let events: Api<Event> = Api::namespaced(admin.clone(), "kube-system");
+    eventually(SECONDS, "the EnvironmentNotFound event", || {
+        let events = events.clone();
+        let missing = missing.clone();
+        async move {
+            events
+                .list(&ListParams::default())
+                .await
+                .ok()?
+                .items
+                .into_iter()
+                .find(|e| {
+                    e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(missing.as_str())
+                        && e.reason.as_deref() == Some("EnvironmentNotFound")
+                })
+        }
+    })
+    .await;
+
+    // It leads through its Lease in the release namespace.
+    let lease = Api::<Lease>::namespaced(admin.clone(), RELEASE_NAMESPACE)
+        .get(&id)
+        .await
+        .unwrap();
+    let holder = lease.spec.unwrap().holder_identity.unwrap();
+    assert!(holder.starts_with(&pod_name), "{holder}");
+
+    let log = op.log();
+    assert!(
+        !log.to_lowercase().contains("forbidden"),
+        "the chart's RBAC refused the operator something:\n{log}"
+    );
+
+    // And what it must not do, as the same identity.
+    assert!(
+        is_forbidden(
+            Api::<Secret>::namespaced(sa.clone(), RELEASE_NAMESPACE)
+                .get(&token_secret)
+                .await
+        ),
+        "reading a Secret must be forbidden"
+    );
+    assert!(
+        is_forbidden(
+            Api::<Secret>::all(sa.clone())
+                .list(&ListParams::default())
+                .await
+        ),
+        "listing Secrets must be forbidden"
+    );
+    assert!(
+        is_forbidden(
+            Api::<Pod>::namespaced(sa.clone(), &app_ns)
+                .delete("web-1", &DeleteParams::default())
+                .await
+        ),
+        "pods are read-only"
+    );
+    let lease: Lease = serde_json::from_value(json!({"metadata": {"name": id}})).unwrap();
+    assert!(
+        is_forbidden(
+            Api::<Lease>::namespaced(sa.clone(), "default")
+                .create(&PostParams::default(), &lease)
+                .await
+        ),
+        "Leases only in the release namespace"
+    );
+    let event: Event = serde_json::from_value(json!({
+        "metadata": {"generateName": "x-"},
+        "eventTime": "2026-11-26T10:00:00.000000Z",
+        "reportingController": "kosli.com/test", "reportingInstance": "test",
+        "action": "Test", "reason": "Test", "type": "Normal",
+    }))
+    .unwrap();
+    assert!(
+        is_forbidden(
+            Api::<Event>::namespaced(sa.clone(), &app_ns)
+                .create(&PostParams::default(), &event)
+                .await
+        ),
+        "Events only in the events namespace"
+    );
+}
+
+#[tokio::test]
+async fn environments_from_values_carry_over_a_k8s_reporter_list() {
+    let env = TestEnv::get();
+    let admin = env.client().await;
+    apply_crd(&admin).await;
+    ensure_namespace(&admin, RELEASE_NAMESPACE).await;
+    let dir = tempfile::tempdir().unwrap();
+    // A k8s-reporter values file's reporterConfig, plus our extras on one entry.
+    let values = write_values(
+        dir.path(),
+        "values.yaml",
+        r#"
+reporterConfig:
+  kosliOrg: acme
+  autoEnvironment: true
+  environmentDescription: Migrated from k8s-reporter
+  environments:
+    - name: Prod_EU.1
+      namespaces: [shop, payments]
+    - name: teams
+      namespacesRegex: ["^team-"]
+    - name: everything-else
+      excludeNamespaces: [kube-system]
+      excludeNamespacesRegex: ["^openshift-"]
+    - name: backend
+      resourceName: backend-tier
+      namespaceSelector: {matchLabels: {env: production}}
+      podSelector:
+        matchExpressions: [{key: tier, operator: In, values: [backend, api]}]
+      autoCreate: false
+      description: Backend tier
+      heartbeatSeconds: 600
+      includeSidecars: true
+      includeEphemeral: true
+      gate: {mode: Enforce, policies: [release-requirements]}
+      labels: {team: backend}
+"#,
+    );
+    let docs = render("kosli-operator", RELEASE_NAMESPACE, &[&values], &[]);
+    let rendered: Vec<KosliEnvironment> = all(&docs, "KosliEnvironment")
+        .into_iter()
+        .map(|d| {
+            serde_json::from_value(d.value.clone())
+                .unwrap_or_else(|e| panic!("not a KosliEnvironment ({e}):\n{}", d.raw))
+        })
+        .collect();
+    let names: Vec<(String, String)> = rendered
+        .iter()
+        .map(|e| (e.metadata.name.clone().unwrap(), e.environment_name()))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            ("prod-eu.1", "Prod_EU.1"),
+            ("teams", "teams"),
+            ("everything-else", "everything-else"),
+            ("backend-tier", "backend")
+        ]
+        .map(|(a, b)| (a.to_owned(), b.to_owned()))
+    );
+    let spec = |value: Value| -> KosliEnvironmentSpec { serde_json::from_value(value).unwrap() };
+    let expected = [
+        spec(
+            json!({"name": "Prod_EU.1", "namespaces": ["shop", "payments"],
+            "autoCreate": true, "description": "Migrated from k8s-reporter"}),
+        ),
+        spec(json!({"name": "teams", "namespacesRegex": ["^team-"],
+            "autoCreate": true, "description": "Migrated from k8s-reporter"})),
+        spec(
+            json!({"name": "everything-else", "excludeNamespaces": ["kube-system"],
+            "excludeNamespacesRegex": ["^openshift-"],
+            "autoCreate": true, "description": "Migrated from k8s-reporter"}),
+        ),
+        spec(json!({"name": "backend",
+            "namespaceSelector": {"matchLabels": {"env": "production"}},
+            "podSelector": {"matchExpressions": [{"key": "tier", "operator": "In", "values": ["backend", "api"]}]},
+            "autoCreate": false, "description": "Backend tier", "heartbeatSeconds": 600,
+            "includeSidecars": true, "includeEphemeral": true,
+            "gate": {"mode": "Enforce", "policies": ["release-requirements"]}})),
+    ];
+    for (environment, expected) in rendered.iter().zip(&expected) {
+        assert_eq!(&environment.spec, expected);
+        environment
+            .spec
+            .validate()
+            .unwrap_or_else(|e| panic!("{}: {e}", environment.environment_name()));
+    }
+    assert_eq!(
+        rendered[3].metadata.labels.as_ref().unwrap()["team"],
+        "backend"
+    );
+    // The API server's schema accepts them too.
+    let environments: Vec<Doc> = docs
+        .iter()
+        .filter(|d| d.kind() == "KosliEnvironment")
+        .cloned()
+        .collect();
+    server_dry_run(
+        &env.kubeconfig,
+        &environments,
+        "reporterConfig.environments",
+    );
+
+    // The environment selector labels the chart's own environments, so its
+    // operator always handles them.
+    let selected = render(
+        "kosli-operator",
+        RELEASE_NAMESPACE,
+        &[&values],
+        &["--set", "reporterConfig.environmentSelector.shard=eu"],
+    );
+    for environment in all(&selected, "KosliEnvironment") {
+        assert_eq!(environment.value["metadata"]["labels"]["shard"], "eu");
+    }
+
+    // Refused before anything reaches the cluster: the schema, then the chart's checks.
+    let refused = |args: &[&str], extra: &str, needle: &str| {
+        let file = write_values(dir.path(), "refused.yaml", extra);
+        let err = helm_template("kosli-operator", RELEASE_NAMESPACE, &[&file], args)
+            .err()
+            .unwrap_or_else(|| panic!("helm template accepted {args:?} {extra}"));
+        assert!(err.contains(needle), "{args:?} {extra}: {err}");
+    };
+    refused(
+        &["--set", "cronSchedule=*/5 * * * *"],
+        "",
+        "Additional property cronSchedule is not allowed",
+    );
+    refused(
+        &["--set", "replicaCount=two"],
+        "",
+        "replicaCount: Invalid type. Expected: integer, given: string",
+    );
+    refused(
+        &["--set", "gate.failurePolicy=Sometimes"],
+        "",
+        "gate.failurePolicy",
+    );
+    refused(
+        &["--set", "gate.timeoutSeconds=60"],
+        "",
+        "gate.timeoutSeconds",
+    );
+    refused(
+        &["--set", "reporterConfig.dryRun=maybe"],
+        "",
+        "reporterConfig.dryRun: Invalid type",
+    );
+    refused(
+        &[],
+        "reporterConfig:\n  environments:\n    - name: prod\n      namespace: [shop]\n",
+        "Additional property namespace is not allowed",
+    );
+    refused(
+        &[],
+        "reporterConfig:\n  environments:\n    - name: prod\n      gate: {mode: Off}\n",
+        "mode: Invalid type. Expected: string, given: boolean",
+    );
+    refused(
+        &[],
+        "reporterConfig:\n  environments:\n    - namespaces: [shop]\n",
+        "name is required",
+    );
+    refused(
+        &[],
+        "reporterConfig:\n  environments:\n    - name: prod\n      namespaces: [shop]\n      excludeNamespaces: [kube-system]\n",
+        "cannot be combined",
+    );
+    refused(
+        &[],
+        "reporterConfig:\n  environments:\n    - name: Prod\n    - name: prod\n",
+        "both become the KosliEnvironment",
+    );
+    refused(
+        &[
+            "--set",
+            "replicaCount=2",
+            "--set",
+            "leaderElection.enabled=false",
+        ],
+        "",
+        "needs leaderElection.enabled",
+    );
+}
+
+#[tokio::test]
+async fn gate_registers_safely_and_its_chart_made_certificate_is_stable_and_served() {
+    let env = TestEnv::get();
+    let admin = env.client().await;
+    apply_crd(&admin).await;
+    let dir = tempfile::tempdir().unwrap();
+    let id = unique("helm-gate");
+    let ns = unique("helm-gate-ns");
+    ensure_namespace(&admin, &ns).await;
+    let values = write_values(
+        dir.path(),
+        "values.yaml",
+        &format!(
+            r#"
+replicaCount: 2
+reporterConfig:
+  dryRun: true
+  environmentSelector: {{test: {id}}}
+leaderElection: {{leaseName: {id}}}
+gate:
+  enabled: true
+  timeoutSeconds: 7
+  exemptNamespaces: [monitoring]
+  namespaceSelector:
+    matchLabels: {{kosli.com/gate: enabled}}
+    matchExpressions: [{{key: team, operator: Exists}}]
+"#
+        ),
+    );
+    let docs = render(&id, &ns, &[&values], &[]);
+
+    // The registration: always excluding kube-system and the release namespace.
+    let configuration = only(&docs, "ValidatingWebhookConfiguration");
+    let webhooks = configuration.value["webhooks"].as_array().unwrap();
+    assert_eq!(webhooks.len(), 1);
+    let webhook = &webhooks[0];
+    assert_eq!(webhook["failurePolicy"], "Ignore", "the default");
+    assert_eq!(webhook["timeoutSeconds"], 7);
+    assert_eq!(webhook["sideEffects"], "None");
+    assert_eq!(webhook["admissionReviewVersions"], json!(["v1"]));
+    assert_eq!(
+        webhook["namespaceSelector"],
+        json!({
+            "matchLabels": {"kosli.com/gate": "enabled"},
+            "matchExpressions": [
+                {"key": "kubernetes.io/metadata.name", "operator": "NotIn",
+                 "values": ["kube-system", ns, "monitoring"]},
+                {"key": "team", "operator": "Exists"},
+            ],
+        })
+    );
+    let mut rules: Vec<(String, String)> = Vec::new();
+    for rule in webhook["rules"].as_array().unwrap() {
+        assert_eq!(rule["operations"], json!(["CREATE", "UPDATE"]));
+        for group in rule["apiGroups"].as_array().unwrap() {
+            for resource in rule["resources"].as_array().unwrap() {
+                rules.push((
+                    group.as_str().unwrap().to_owned(),
+                    resource.as_str().unwrap().to_owned(),
+                ));
+            }
+        }
+    }
+    rules.sort();
+    let mut expected: Vec<(String, String)> = [
+        ("", "pods"),
+        ("", "pods/ephemeralcontainers"),
+        ("apps", "daemonsets"),
+        ("apps", "deployments"),
+        ("apps", "replicasets"),
+        ("apps", "statefulsets"),
+        ("batch", "cronjobs"),
+        ("batch", "jobs"),
+    ]
+    .iter()
+    .map(|(g, r)| ((*g).to_owned(), (*r).to_owned()))
+    .collect();
+    expected.sort();
+    assert_eq!(rules, expected);
+    let service = &webhook["clientConfig"]["service"];
+    assert_eq!(service["namespace"], json!(ns));
+    assert_eq!(service["path"], "/validate");
+    let args = args_of(only(&docs, "Deployment"));
+    assert!(
+        args.contains(&"--webhook-timeout=7s".to_owned()),
+        "{args:?}"
+    );
+    assert!(
+        args.contains(&"--gate-exempt-namespaces=monitoring".to_owned()),
+        "{args:?}"
+    );
+    assert_eq!(
+        only(&docs, "PodDisruptionBudget").value["spec"]["minAvailable"],
+        1
+    );
+
+    // The chart-made certificate: its CA is the caBundle.
+    let secret = only(&docs, "Secret");
+    let ca_bundle = webhook["clientConfig"]["caBundle"].as_str().unwrap();
+    assert_eq!(secret.value["data"]["ca.crt"], ca_bundle);
+
+    // Installed, a later render (an upgrade, with lookup against the cluster)
+    // reuses the certificate instead of generating another.
+    let output = kubectl(&env.kubeconfig, &["apply", "-f", "-"], &secret.raw);
+    assert!(output.status.success(), "{}", text(&output));
+    let upgrade = render(
+        &id,
+        &ns,
+        &[&values],
+        &[
+            "--dry-run=server",
+            "--kubeconfig",
+            env.kubeconfig.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        only(&upgrade, "Secret").value["data"] == secret.value["data"],
+        "an upgrade must keep the installed CA, certificate and key"
+    );
+    assert!(
+        only(&upgrade, "ValidatingWebhookConfiguration").value["webhooks"][0]["clientConfig"]["caBundle"]
+            == ca_bundle,
+        "an upgrade must keep the installed caBundle"
+    );
+    let fresh = render(&id, &ns, &[&values], &[]);
+    assert!(
+        only(&fresh, "Secret").value["data"]["ca.crt"] != ca_bundle,
+        "without an installed Secret a new CA is made (so the reuse above is real)"
+    );
+
+    // The operator, run as rendered with that Secret mounted, serves the gate with
+    // a certificate the API server accepts: verified against the caBundle for the
+    // name it calls, <service>.<namespace>.svc.
+    let mut op = ChartPod::start(
+        only(&docs, "Deployment"),
+        &admin,
+        &env.kubeconfig,
+        &format!("{id}-pod"),
+    )
+    .await;
+    op.wait_ready().await;
+    use base64::Engine as _;
+    let ca_pem = String::from_utf8(
+        base64::engine::general_purpose::STANDARD
+            .decode(ca_bundle)
+            .unwrap(),
+    )
+    .unwrap();
+    let server_name = format!("{}.{ns}.svc", service["name"].as_str().unwrap());
+    let connector =
+        tokio_rustls::TlsConnector::from(Arc::new(support::webhook::client_tls(&ca_pem, &[])));
+    let addr = op.webhook.unwrap();
+    let name = rustls::pki_types::ServerName::try_from(server_name.clone()).unwrap();
+    let handshake = eventually(SECONDS, "a verified TLS handshake", || {
+        let connector = connector.clone();
+        let name = name.clone();
+        async move {
+            let tcp = tokio::net::TcpStream::connect(addr).await.ok()?;
+            connector.connect(name, tcp).await.ok()
+        }
+    })
+    .await;
+    drop(handshake);
+    // And a name it does not hold is refused: the verification above is real.
+    let other = rustls::pki_types::ServerName::try_from("elsewhere.example.com").unwrap();
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    assert!(
+        connector.connect(other, tcp).await.is_err(),
+        "the certificate must be valid for {server_name} only:\n{}",
+        op.log()
+    );
+
+    // With cert-manager: a Certificate for the same names, the CA injected.
+    let cert_manager = render(
+        &id,
+        &ns,
+        &[&values],
+        &["--set", "gate.certManager.enabled=true"],
+    );
+    assert!(all(&cert_manager, "Secret").is_empty());
+    let certificate = only(&cert_manager, "Certificate");
+    assert!(
+        certificate.value["spec"]["dnsNames"]
+            .as_array()
+            .unwrap()
+            .contains(&json!(server_name))
+    );
+    assert_eq!(
+        certificate.value["spec"]["secretName"],
+        secret.value["metadata"]["name"]
+    );
+    assert_eq!(
+        only(&cert_manager, "Issuer").value["spec"]["selfSigned"],
+        json!({})
+    );
+    let configuration = only(&cert_manager, "ValidatingWebhookConfiguration");
+    assert_eq!(
+        configuration.value["metadata"]["annotations"]["cert-manager.io/inject-ca-from"],
+        json!(format!("{ns}/{}", certificate.name()))
+    );
+    assert!(configuration.value["webhooks"][0]["clientConfig"]["caBundle"].is_null());
+}
