@@ -389,9 +389,12 @@ async fn kosli_outage_admits_cached_compliant_digests_only_and_a_hang_still_gets
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tag_behind_basic_auth_resolves_with_the_pods_pull_secret() {
-    let g = gate("Enforce", &[]).await;
+    // The probe's non-compliant verdict must not outlive the probe.
+    let g = gate("Enforce", &["--gate-non-compliant-cache", "100ms"]).await;
     g.wait_active().await;
+    tokio::time::sleep(Duration::from_millis(150)).await;
     g.set_verdict(&g.env.single_digest, true);
+    g.set_verdict(&g.env.index_digest, true);
     use base64::Engine as _;
     let auth = base64::engine::general_purpose::STANDARD.encode(format!(
         "{}:{}",
@@ -415,6 +418,28 @@ async fn a_tag_behind_basic_auth_resolves_with_the_pods_pull_secret() {
         "{err}"
     );
     g.create_pod("with-secret", &image, Some("regcred"))
+        .await
+        .unwrap();
+
+    // The same secret through the pod's service account (another tag, so no
+    // digest cached from the lookup above can stand in).
+    let image = g.image(&g.env.registry_basic, &g.env.index_tag);
+    let sa: k8s_openapi::api::core::v1::ServiceAccount = serde_json::from_value(json!({
+        "metadata": {"name": "builder", "namespace": g.ns},
+        "imagePullSecrets": [{"name": "regcred"}],
+    }))
+    .unwrap();
+    Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(g.client.clone(), &g.ns)
+        .create(&PostParams::default(), &sa)
+        .await
+        .unwrap();
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "via-service-account", "namespace": g.ns},
+        "spec": {"serviceAccountName": "builder", "containers": [{"name": "app", "image": image}]}
+    }))
+    .unwrap();
+    Api::<Pod>::namespaced(g.client.clone(), &g.ns)
+        .create(&PostParams::default(), &pod)
         .await
         .unwrap();
     g.cleanup().await;
