@@ -9,6 +9,8 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::{Container, ContainerStatus, Pod};
 use serde::Serialize;
 
+use crate::fingerprint::{self, Fingerprint};
+
 /// An owner reference as the Kubernetes API serialises it (field order included).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -32,16 +34,41 @@ pub enum ContainerKind {
     Ephemeral,
 }
 
+/// What a report says of a container: the artifact name and its fingerprint.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReportedImage {
+    pub name: String,
+    pub fingerprint: Fingerprint,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ContainerRecord {
     pub kind: ContainerKind,
     pub name: String,
-    /// `status.*ContainerStatuses[].image`.
-    pub status_image: String,
-    /// `status.*ContainerStatuses[].imageID`.
-    pub image_id: String,
-    /// The spec image of the container with the same name, if any.
-    pub spec_image: Option<String>,
+    /// The reported image, or why the container cannot be reported. Worked out
+    /// once when the pod is decoded, not at every report that includes it.
+    pub image: Result<ReportedImage, String>,
+}
+
+impl ContainerRecord {
+    /// A container from its status (`image`, `imageID`) and its spec image.
+    pub fn new(
+        kind: ContainerKind,
+        name: &str,
+        status_image: &str,
+        image_id: &str,
+        spec_image: Option<&str>,
+    ) -> Self {
+        let image = fingerprint::parse_image_id(image_id).map(|fingerprint| ReportedImage {
+            name: crate::snapshot::artifact_name(status_image, spec_image, image_id),
+            fingerprint,
+        });
+        Self {
+            kind,
+            name: name.to_owned(),
+            image,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -83,12 +110,14 @@ fn records(
         .into_iter()
         .flatten()
         .filter(move |s| keep(s))
-        .map(move |s| ContainerRecord {
-            kind,
-            name: s.name.clone(),
-            status_image: s.image.clone(),
-            image_id: s.image_id.clone(),
-            spec_image: image_of(&s.name),
+        .map(move |s| {
+            ContainerRecord::new(
+                kind,
+                &s.name,
+                &s.image,
+                &s.image_id,
+                image_of(&s.name).as_deref(),
+            )
         })
 }
 

@@ -22,7 +22,7 @@ use crate::selection::ContainerOptions;
 struct Artifact<'a> {
     pod_name: &'a str,
     namespace: &'a str,
-    digests: BTreeMap<String, String>,
+    digests: BTreeMap<&'a str, &'a str>,
     creation_timestamp: i64,
     owners: Option<&'a [Owner]>,
 }
@@ -63,13 +63,14 @@ pub fn build<'a>(
         let mut digests = BTreeMap::new();
         let mut unusable = Vec::new();
         for container in pod.containers.iter().filter(|c| counts(c, options)) {
-            match fingerprint::parse_image_id(&container.image_id) {
-                Ok(fp) => {
-                    if fp.kind == FingerprintKind::ConfigId {
-                        config_ids.insert(fp.hex.clone());
+            match &container.image {
+                Ok(image) => {
+                    let hex = image.fingerprint.hex.as_str();
+                    if image.fingerprint.kind == FingerprintKind::ConfigId {
+                        config_ids.insert(hex);
                     }
-                    fingerprints.insert(fp.hex.clone());
-                    digests.insert(artifact_name(container), fp.hex);
+                    fingerprints.insert(hex);
+                    digests.insert(image.name.as_str(), hex);
                 }
                 Err(reason) => unusable.push(format!("{} ({reason})", container.name)),
             }
@@ -135,25 +136,23 @@ fn counts(container: &ContainerRecord, options: ContainerOptions) -> bool {
 /// digest under its image ID rather than a name; fall back to the spec image
 /// (normalised, tag kept, digest dropped), then to the repository in the imageID,
 /// so one image gets one name whether or not the node had it cached.
-fn artifact_name(container: &ContainerRecord) -> String {
-    if fingerprint::is_named(&container.status_image) {
-        return container.status_image.clone();
+pub fn artifact_name(status_image: &str, spec_image: Option<&str>, image_id: &str) -> String {
+    if fingerprint::is_named(status_image) {
+        return status_image.to_owned();
     }
-    if let Some(name) = container
-        .spec_image
-        .as_deref()
+    if let Some(name) = spec_image
         .filter(|image| fingerprint::is_named(image))
         .and_then(|image| ImageRef::parse(image).ok())
         .and_then(|r| r.tagged_name())
     {
         return name;
     }
-    let trimmed = fingerprint::trim_runtime_prefix(&container.image_id);
+    let trimmed = fingerprint::trim_runtime_prefix(image_id);
     if fingerprint::is_named(trimmed) {
         return trimmed.to_owned();
     }
-    if !container.status_image.is_empty() {
-        return container.status_image.clone();
+    if !status_image.is_empty() {
+        return status_image.to_owned();
     }
     trimmed.to_owned()
 }
