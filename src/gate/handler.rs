@@ -31,10 +31,18 @@ pub struct GateOptions {
     pub exempt_namespaces: BTreeSet<String>,
 }
 
+/// Pull-secret credentials are read from the API server at most this often per
+/// namespace, service account and secret list: a warm review must not wait on it.
+const CREDENTIALS_TTL: Duration = Duration::from_secs(30);
+
+type CredentialsKey = (String, String, Vec<String>);
+type Credentials = BTreeMap<String, RegistryCredentials>;
+
 struct Inner {
     ctx: Arc<Context>,
     resolver: Arc<Resolver>,
     options: GateOptions,
+    credentials: std::sync::Mutex<BTreeMap<CredentialsKey, (Arc<Credentials>, Instant)>>,
 }
 
 #[derive(Clone)]
@@ -46,6 +54,7 @@ impl GateHandler {
             ctx,
             resolver,
             options,
+            credentials: std::sync::Mutex::default(),
         }))
     }
 }
@@ -166,15 +175,14 @@ impl Inner {
             .any(|i| ImageRef::parse(i).is_ok_and(|r| r.digest.is_none()));
         let credentials = match &workload.template {
             Some(t) if needs_registry => {
-                pull_secrets::credentials(
-                    &self.ctx.client,
+                self.credentials(
                     &workload.namespace,
                     &t.image_pull_secrets,
                     &t.service_account,
                 )
                 .await
             }
-            _ => BTreeMap::new(),
+            _ => Arc::default(),
         };
         let per_image = images.iter().map(|image| {
             let creds = ImageRef::parse(image)
@@ -185,6 +193,38 @@ impl Inner {
         let results: Vec<(Target, String, ImageVerdict)> =
             join_all(per_image).await.into_iter().flatten().collect();
         decision::answer(&results)
+    }
+
+    /// The registry credentials of a pod's pull secrets and service account,
+    /// cached briefly (Secret rotation shows within CREDENTIALS_TTL).
+    async fn credentials(
+        &self,
+        namespace: &str,
+        secrets: &[String],
+        service_account: &str,
+    ) -> Arc<Credentials> {
+        let key = (
+            namespace.to_owned(),
+            service_account.to_owned(),
+            secrets.to_vec(),
+        );
+        let cached = {
+            let cache = self.credentials.lock().unwrap_or_else(|p| p.into_inner());
+            cache
+                .get(&key)
+                .filter(|(_, at)| at.elapsed() < CREDENTIALS_TTL)
+                .map(|(c, _)| c.clone())
+        };
+        if let Some(credentials) = cached {
+            return credentials;
+        }
+        let fresh = Arc::new(
+            pull_secrets::credentials(&self.ctx.client, namespace, secrets, service_account).await,
+        );
+        let mut cache = self.credentials.lock().unwrap_or_else(|p| p.into_inner());
+        cache.retain(|_, (_, at)| at.elapsed() < CREDENTIALS_TTL);
+        cache.insert(key, (fresh.clone(), Instant::now()));
+        fresh
     }
 
     async fn check_image(
