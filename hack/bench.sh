@@ -40,6 +40,7 @@ cargo bench --locked --no-run >&2
   echo
   hack/testenv/with-testenv.sh cargo bench --locked --bench e2e -- --only admission 2>/dev/null
 } > "$tmp"
+chmod 644 "$tmp"
 mv "$tmp" "$out"
 trap - EXIT
 echo "wrote $out" >&2
