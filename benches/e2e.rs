@@ -25,8 +25,7 @@ mod support;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write as _;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -638,106 +637,6 @@ fn peak_rss_kb(pid: u32) -> Option<u64> {
         .ok()
 }
 
-/// `kosli-operator run` with its default debounce (1 s) and max-debounce (10 s).
-/// support::operator::Operator::start passes --debounce 200ms --max-debounce 2s,
-/// which the CLI refuses to take twice, so the reporter is started here with
-/// the same flags minus those two.
-struct Reporter {
-    child: Child,
-    http: String,
-    log: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Reporter {
-    fn start(env: &TestEnv, fake: &FakeKosli, selector: &str) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let log = dir.path().join("operator.log");
-        let port = support::free_port();
-        let child = Command::new(support::binary())
-            .args([
-                "run",
-                "--kubeconfig",
-                env.kubeconfig.to_str().unwrap(),
-                "--http-addr",
-                &format!("127.0.0.1:{port}"),
-                "--environment-selector",
-                &format!("test={selector}"),
-                "--lease-name",
-                &format!("lease-{selector}"),
-                "--lease-namespace",
-                "default",
-            ])
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("RUST_LOG", "info")
-            .env("KOSLI_HOST", &fake.url)
-            .env("KOSLI_ORG", ORG)
-            .env("KOSLI_API_TOKEN", TOKEN)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        Self {
-            child,
-            http: format!("http://127.0.0.1:{port}"),
-            log,
-            _dir: dir,
-        }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    async fn wait_ready(&mut self, limit: Duration) {
-        let http = reqwest::Client::builder().no_proxy().build().unwrap();
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Ok(r) = http.get(format!("{}/readyz", self.http)).send().await
-                && r.status().is_success()
-            {
-                return;
-            }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("operator exited with {status}:\n{}", self.log());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "operator not ready within {limit:?}:\n{}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    /// SIGTERM, then waits for the exit.
-    async fn terminate(&mut self) {
-        let pid = self.child.id().to_string();
-        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while self.child.try_wait().unwrap().is_none() {
-            assert!(
-                Instant::now() < deadline,
-                "operator did not stop on SIGTERM"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
-impl Drop for Reporter {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// One run of the one-shot `snapshot`, as the CronJob does every 5 minutes:
 /// its wall time and peak RSS (VmHWM sampled every 10 ms).
 async fn snapshot_once(
@@ -826,8 +725,15 @@ async fn reporter(env: &TestEnv, client: &Client, id: &str, n: usize) -> String 
     // Phase A: the operator.
     let m0 = api.metrics().await;
     let phase_a = Instant::now();
-    let mut op = Reporter::start(env, &fake, id);
-    op.wait_ready(Duration::from_secs(120)).await;
+    let mut op = Operator::start_default_pacing(
+        &env.kubeconfig,
+        &fake,
+        id,
+        &format!("lease-{id}"),
+        &[],
+        &[],
+    );
+    op.wait_ready().await;
     let ready = phase_a.elapsed();
     tracker
         .full_report(&fake, n, 0, Duration::from_secs(180))

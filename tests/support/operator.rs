@@ -17,8 +17,24 @@ pub struct Operator {
 
 impl Operator {
     /// Starts the operator on `kubeconfig`, handling only KosliEnvironments
-    /// labelled `test=<selector>`, with the Lease `lease`.
+    /// labelled `test=<selector>`, with the Lease `lease`, pacing reports fast
+    /// (`--debounce 200ms --max-debounce 2s`) to keep tests short.
     pub fn start(
+        kubeconfig: &Path,
+        fake: &FakeKosli,
+        selector: &str,
+        lease: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
+        let mut args = vec!["--debounce", "200ms", "--max-debounce", "2s"];
+        args.extend_from_slice(extra);
+        Self::start_default_pacing(kubeconfig, fake, selector, lease, &args, env)
+    }
+
+    /// As `start`, with the operator's own defaults (`--debounce 1s`,
+    /// `--max-debounce 10s`), as benchmarks need.
+    pub fn start_default_pacing(
         kubeconfig: &Path,
         fake: &FakeKosli,
         selector: &str,
@@ -42,10 +58,6 @@ impl Operator {
             lease,
             "--lease-namespace",
             "default",
-            "--debounce",
-            "200ms",
-            "--max-debounce",
-            "2s",
         ])
         .args(extra)
         .env_clear()
