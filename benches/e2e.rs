@@ -1219,17 +1219,7 @@ async fn admission(env: &TestEnv, client: &Client, id: &str) -> String {
     fake.add_environment("prod", "K8S");
     let cert = support::webhook::serving_cert();
     let port = support::free_port();
-    let args = [
-        "--webhook-addr".to_owned(),
-        format!("127.0.0.1:{port}"),
-        "--webhook-cert".to_owned(),
-        cert.cert_file.to_str().unwrap().to_owned(),
-        "--webhook-key".to_owned(),
-        cert.key_file.to_str().unwrap().to_owned(),
-        "--webhook-timeout".to_owned(),
-        "5s".to_owned(),
-        "--leader-election=false".to_owned(),
-    ];
+    let args = support::webhook::operator_args(&cert, port);
     let arg_refs: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut op = Operator::start(
         &env.kubeconfig,

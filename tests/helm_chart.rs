@@ -1172,22 +1172,11 @@ reporterConfig:
     .await;
 
     // It records Events in the events namespace (kube-system).
-    let events: Api<Event> = Api::namespaced(admin.clone(), "kube-system");
-    eventually(SECONDS, "the EnvironmentNotFound event", || {
-        let events = events.clone();
-        let missing = missing.clone();
-        async move {
-            events
-                .list(&ListParams::default())
-                .await
-                .ok()?
-                .items
-                .into_iter()
-                .find(|e| {
-                    e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(missing.as_str())
-                        && e.reason.as_deref() == Some("EnvironmentNotFound")
-                })
-        }
+    eventually(SECONDS, "the EnvironmentNotFound event", || async {
+        support::testenv::events_about(&admin, &missing)
+            .await
+            .into_iter()
+            .find(|e| e.reason.as_deref() == Some("EnvironmentNotFound"))
     })
     .await;
 

@@ -60,17 +60,7 @@ async fn gate(mode: &str, extra: &[&str]) -> Gate {
     fake.add_environment("prod", "K8S");
     let cert = serving_cert();
     let port = support::free_port();
-    let mut args = vec![
-        "--webhook-addr".to_owned(),
-        format!("127.0.0.1:{port}"),
-        "--webhook-cert".to_owned(),
-        cert.cert_file.to_str().unwrap().to_owned(),
-        "--webhook-key".to_owned(),
-        cert.key_file.to_str().unwrap().to_owned(),
-        "--webhook-timeout".to_owned(),
-        "5s".to_owned(),
-        "--leader-election=false".to_owned(),
-    ];
+    let mut args = support::webhook::operator_args(&cert, port);
     args.extend(extra.iter().map(|s| s.to_string()));
     let arg_refs: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut op = Operator::start(
@@ -346,14 +336,10 @@ async fn kosli_outage_admits_cached_compliant_digests_only_and_a_hang_still_gets
         .create(&PostParams::default(), &pod)
         .await
         .unwrap();
-    let events: Api<k8s_openapi::api::events::v1::Event> =
-        Api::namespaced(g.client.clone(), "kube-system");
+    let environment = format!("{}-env", g.id);
     eventually(Duration::from_secs(10), "a BreakGlass event", || async {
-        events
-            .list(&Default::default())
+        support::testenv::events_about(&g.client, &environment)
             .await
-            .ok()?
-            .items
             .into_iter()
             .find(|e| {
                 e.reason.as_deref() == Some("BreakGlass")

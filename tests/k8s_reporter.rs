@@ -10,10 +10,9 @@ mod support;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Namespace, Pod};
-use k8s_openapi::api::events::v1::Event;
 use kosli_operator::crd::{KosliEnvironment, KosliEnvironmentStatus};
 use kube::Client;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 use support::fake_kosli::{FakeKosli, Scripted};
 use support::operator::{Operator, eventually};
@@ -412,14 +411,9 @@ async fn kosli_failures_are_retried_shown_and_cleared() {
         "recovery clears the error"
     );
     assert_eq!(s.fake.reports(&name).len(), 1);
-    let events: Api<Event> = Api::namespaced(s.client.clone(), "kube-system");
-    let reasons: Vec<String> = events
-        .list(&ListParams::default())
+    let reasons: Vec<String> = support::testenv::events_about(&s.client, &name)
         .await
-        .unwrap()
-        .items
         .into_iter()
-        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name.as_str()))
         .filter_map(|e| e.reason)
         .collect();
     assert!(
@@ -688,18 +682,12 @@ async fn auto_create_compliance_and_independent_environments() {
     })
     .await;
     assert!(st.kosli_url.is_some());
-    let events: Api<Event> = Api::namespaced(s.client.clone(), "kube-system");
     eventually(SECONDS, "a NonCompliant warning", || async {
-        events
-            .list(&ListParams::default())
+        support::testenv::events_about(&s.client, &judged)
             .await
-            .ok()?
-            .items
             .into_iter()
             .find(|e| {
-                e.reason.as_deref() == Some("NonCompliant")
-                    && e.type_.as_deref() == Some("Warning")
-                    && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(judged.as_str())
+                e.reason.as_deref() == Some("NonCompliant") && e.type_.as_deref() == Some("Warning")
             })
     })
     .await;

@@ -221,3 +221,19 @@ pub async fn running_pod(
     create_pod(client, namespace, name, labels, containers).await;
     play_kubelet(client, namespace, name, "Running", containers).await
 }
+
+/// The Events the operator recorded about a KosliEnvironment, from the
+/// namespace it puts them in (kube-system by default).
+pub async fn events_about(
+    client: &Client,
+    object: &str,
+) -> Vec<k8s_openapi::api::events::v1::Event> {
+    Api::<k8s_openapi::api::events::v1::Event>::namespaced(client.clone(), "kube-system")
+        .list(&Default::default())
+        .await
+        .map(|list| list.items)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(object))
+        .collect()
+}

@@ -319,3 +319,19 @@ pub fn https_client(ca_pem: &str) -> reqwest::Client {
         .build()
         .unwrap()
 }
+
+/// The `kosli-operator run` flags serving the gate on `port` with `cert`, a 5 s
+/// webhook timeout and no leader election.
+pub fn operator_args(cert: &ServingCert, port: u16) -> Vec<String> {
+    vec![
+        "--webhook-addr".to_owned(),
+        format!("127.0.0.1:{port}"),
+        "--webhook-cert".to_owned(),
+        cert.cert_file.to_str().unwrap().to_owned(),
+        "--webhook-key".to_owned(),
+        cert.key_file.to_str().unwrap().to_owned(),
+        "--webhook-timeout".to_owned(),
+        "5s".to_owned(),
+        "--leader-election=false".to_owned(),
+    ]
+}
