@@ -31,7 +31,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use kosli_operator::crd::KosliEnvironment;
+use kosli_operator::core::crd::KosliEnvironment;
 use kube::Client;
 use kube::api::{Api, PostParams};
 use serde::Deserialize;

@@ -11,12 +11,12 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Pod;
+use kosli_operator::core::pod::PodRecord;
+use kosli_operator::core::selection::ContainerOptions;
+use kosli_operator::core::snapshot;
 use kosli_operator::gate::decision::{self, ImageVerdict, Target};
 use kosli_operator::gate::workload::parse_review;
-use kosli_operator::pod::PodRecord;
-use kosli_operator::selection::ContainerOptions;
-use kosli_operator::snapshot;
-use kosli_operator::store::{PodKey, Watched, pod_key};
+use kosli_operator::k8s::store::{PodKey, Watched, pod_key};
 use serde_json::{Value, json};
 
 const MEMORY_ENV: &str = "KOSLI_BENCH_MEMORY";
@@ -205,7 +205,7 @@ fn gate_rows() -> Vec<String> {
     let target = Target {
         object: "shop".into(),
         kosli_env: "prod".into(),
-        mode: kosli_operator::crd::GateMode::Enforce,
+        mode: kosli_operator::core::crd::GateMode::Enforce,
         policies: vec![],
     };
     let now = jiff::Timestamp::now();

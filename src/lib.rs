@@ -1,33 +1,38 @@
 //! kosli-operator: records what runs in a Kubernetes cluster to Kosli and gates
 //! deploys on Kosli compliance.
 //!
-//! Pure decisions (`fingerprint`, `selection`, `snapshot`) are kept apart from
-//! I/O at the edges (`kosli`, `cluster`, `cli`).
+//! The modules, lowest layer first; each uses only those above it in this list
+//! (`docs/architecture.md` draws the data paths through them):
+//!
+//! - [`error`], [`tls`]: the one error type and process-wide TLS set-up.
+//! - [`core`]: pure decisions and data: fingerprints and image references, the
+//!   compact pod record, namespace and pod selection, the snapshot engine and
+//!   the KosliEnvironment resource. No I/O, no async.
+//! - [`kosli`]: the Kosli HTTP client, its retries and wire types.
+//! - [`observe`]: metrics, the health and metrics endpoints, logging.
+//! - [`k8s`]: the Kubernetes edge: client, watches, the cluster store, Events,
+//!   leader election, reading pods from a file.
+//! - [`environments`]: the index of KosliEnvironments (compiled selections,
+//!   Kosli names, gate specs) that the reporter and the gate both read.
+//! - [`reporter`]: one worker per environment; its decisions are a pure state
+//!   machine ([`reporter::machine`]), the worker performs what it returns.
+//! - [`gate`]: the admission webhook: workload parsing and verdicts (pure), the
+//!   resolver, the registry client and the HTTPS server.
+//! - [`cli`], [`commands`]: flags and config files, and what each subcommand does.
 
-pub mod crd;
 pub mod error;
-pub mod events;
-pub mod fingerprint;
+pub mod tls;
+
+pub mod core;
+pub mod kosli;
+pub mod observe;
+
+pub mod k8s;
+
 pub mod gate;
-pub mod http;
-pub mod pod;
-pub mod selection;
-pub mod snapshot;
-pub mod status;
-pub mod store;
+pub mod reporter;
+
+pub mod cli;
+pub mod commands;
 
 pub use error::{Error, Result};
-pub mod cli;
-pub mod cluster;
-pub mod commands;
-pub mod config;
-pub mod kosli;
-pub mod leader;
-pub mod metrics;
-pub mod podlist;
-pub mod registry;
-pub mod reporter;
-pub mod telemetry;
-pub mod tls;
-pub mod watch;
-pub mod webhook;

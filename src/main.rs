@@ -5,7 +5,7 @@ use kosli_operator::cli::Cli;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    kosli_operator::telemetry::init();
+    kosli_operator::observe::logging::init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

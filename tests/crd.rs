@@ -5,7 +5,7 @@
 
 mod support;
 
-use kosli_operator::crd::{KosliEnvironment, crd_yaml};
+use kosli_operator::core::crd::{KosliEnvironment, crd_yaml};
 
 #[test]
 fn committed_crd_matches_the_rust_types() {

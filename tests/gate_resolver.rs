@@ -10,9 +10,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kosli_operator::gate::decision::ImageVerdict;
+use kosli_operator::gate::registry::{RegistryClient, RegistryConfig};
 use kosli_operator::gate::resolver::{Resolver, ResolverOptions};
 use kosli_operator::kosli::{ApiToken, KosliClient, KosliConfig};
-use kosli_operator::registry::{RegistryClient, RegistryConfig};
 use serde_json::json;
 use support::fake_kosli::{FakeKosli, ORG, Scripted, TOKEN};
 

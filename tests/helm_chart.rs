@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
 use k8s_openapi::api::events::v1::Event;
-use kosli_operator::crd::{KosliEnvironment, KosliEnvironmentSpec};
+use kosli_operator::core::crd::{KosliEnvironment, KosliEnvironmentSpec};
 use kube::Client;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use serde_json::{Value, json};

@@ -6,7 +6,7 @@
 
 mod support;
 
-use kosli_operator::crd::{GateMode, KosliEnvironment};
+use kosli_operator::core::crd::{GateMode, KosliEnvironment};
 use kube::api::{Api, ApiResource, DynamicObject, PostParams};
 use serde_json::{Value, json};
 use support::testenv::{TestEnv, apply_crd, unique};

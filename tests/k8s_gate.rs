@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Pod, Secret};
-use kosli_operator::crd::KosliEnvironment;
+use kosli_operator::core::crd::KosliEnvironment;
 use kube::Client;
 use kube::api::{Api, PostParams};
 use serde_json::json;

@@ -10,7 +10,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Namespace, Pod};
-use kosli_operator::crd::{KosliEnvironment, KosliEnvironmentStatus};
+use kosli_operator::core::crd::{KosliEnvironment, KosliEnvironmentStatus};
 use kube::Client;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};

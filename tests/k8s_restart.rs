@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use kosli_operator::crd::KosliEnvironment;
+use kosli_operator::core::crd::KosliEnvironment;
 use kube::Client;
 use kube::api::{Api, PostParams};
 use serde_json::json;

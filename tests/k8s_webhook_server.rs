@@ -1,5 +1,5 @@
 #![allow(clippy::unwrap_used)]
-//! The webhook HTTPS server (`kosli_operator::webhook::serve`) on its own and
+//! The webhook HTTPS server (`kosli_operator::gate::server::serve`) on its own and
 //! called by the real kube-apiserver of the test environment: admission through
 //! a toy handler, certificate rotation, hostile clients, and what the API server
 //! does when the webhook is down under each failurePolicy.
@@ -15,7 +15,7 @@ use futures::future::BoxFuture;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
-use kosli_operator::webhook::{ReviewHandler, ReviewRejection, WebhookConfig, serve};
+use kosli_operator::gate::server::{ReviewHandler, ReviewRejection, WebhookConfig, serve};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 use support::testenv::{TestEnv, create_namespace, unique};

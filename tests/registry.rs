@@ -5,8 +5,8 @@
 
 mod support;
 
-use kosli_operator::fingerprint::ImageRef;
-use kosli_operator::registry::{RegistryClient, RegistryConfig, RegistryCredentials};
+use kosli_operator::core::fingerprint::ImageRef;
+use kosli_operator::gate::registry::{RegistryClient, RegistryConfig, RegistryCredentials};
 use support::testenv::TestEnv;
 
 fn client() -> RegistryClient {

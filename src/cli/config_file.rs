@@ -14,9 +14,9 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use crate::crd::validate_environment_name;
+use crate::core::crd::validate_environment_name;
+use crate::core::selection::{NamespaceFilter, Selection};
 use crate::error::{Error, Result};
-use crate::selection::{NamespaceFilter, Selection};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

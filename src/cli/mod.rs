@@ -1,13 +1,15 @@
 //! The command line: flags and environment variables named as the Kosli CLI
 //! names them, so users carry their habits over.
 
+pub mod config_file;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{ArgAction, Args, Parser, Subcommand};
 
-use crate::config::NamespaceLists;
+use crate::cli::config_file::NamespaceLists;
 use crate::error::Result;
 use crate::kosli::{ApiToken, KosliConfig, RetryPolicy};
 

@@ -5,11 +5,11 @@ use std::process::ExitCode;
 
 use super::EXIT_USAGE;
 use crate::cli::CheckArgs;
-use crate::crd::GateMode;
+use crate::core::crd::GateMode;
 use crate::gate::decision::{ImageVerdict, Target, answer};
+use crate::gate::registry::{RegistryClient, RegistryConfig, RegistryCredentials};
 use crate::gate::resolver::{Resolver, ResolverOptions};
 use crate::kosli::KosliClient;
-use crate::registry::{RegistryClient, RegistryConfig, RegistryCredentials};
 
 pub async fn run(args: CheckArgs) -> ExitCode {
     let setup = args

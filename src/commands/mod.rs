@@ -16,7 +16,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Check(args) => check::run(*args).await,
         Command::Run(args) => run::run(*args).await,
         Command::Snapshot(args) => snapshot::run(*args).await,
-        Command::Crd => match crate::crd::crd_yaml() {
+        Command::Crd => match crate::core::crd::crd_yaml() {
             Ok(yaml) => {
                 print!("{yaml}");
                 ExitCode::SUCCESS

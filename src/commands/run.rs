@@ -14,12 +14,12 @@ use tokio_util::sync::CancellationToken;
 use super::EXIT_USAGE;
 use crate::cli::RunArgs;
 use crate::error::{Error, Result};
-use crate::events::EventPublisher;
+use crate::k8s::events::EventPublisher;
+use crate::k8s::leader::{self, LeaseConfig};
+use crate::k8s::store::ClusterState;
 use crate::kosli::KosliClient;
-use crate::leader::{self, LeaseConfig};
-use crate::metrics::Metrics;
+use crate::observe::metrics::Metrics;
 use crate::reporter::{Context, ReporterOptions, Wiring};
-use crate::store::ClusterState;
 
 pub async fn run(args: RunArgs) -> ExitCode {
     match start(args).await {
@@ -71,7 +71,7 @@ async fn start(args: RunArgs) -> Result<()> {
     } else {
         Some(KosliClient::new(&args.kosli.to_config()?)?.with_observer(metrics.clone()))
     };
-    let client = crate::cluster::client(args.kubeconfig.as_deref()).await?;
+    let client = crate::k8s::client::client(args.kubeconfig.as_deref()).await?;
     let identity = identity();
 
     // Keeps the always-leader channel open when election is off.
@@ -120,7 +120,7 @@ async fn start(args: RunArgs) -> Result<()> {
         options,
         wiring,
     ));
-    let http = crate::http::serve(
+    let http = crate::observe::health::serve(
         args.http_addr,
         metrics.clone(),
         ctx.clone(),
@@ -135,11 +135,14 @@ async fn start(args: RunArgs) -> Result<()> {
     };
 
     let mut tasks = vec![
-        tokio::spawn(crate::watch::watch_environments(ctx.clone())),
-        tokio::spawn(crate::watch::watch_namespaces(ctx.clone())),
+        tokio::spawn(crate::k8s::watches::watch_environments(ctx.clone())),
+        tokio::spawn(crate::k8s::watches::watch_namespaces(ctx.clone())),
     ];
     for scope in scopes {
-        tasks.push(tokio::spawn(crate::watch::watch_pods(ctx.clone(), scope)));
+        tasks.push(tokio::spawn(crate::k8s::watches::watch_pods(
+            ctx.clone(),
+            scope,
+        )));
     }
     tracing::info!("kosli-operator started");
 
@@ -188,8 +191,8 @@ async fn start_gate(
     shutdown: CancellationToken,
 ) -> Result<tokio::task::JoinHandle<()>> {
     use crate::gate::handler::{GateHandler, GateOptions};
+    use crate::gate::registry::{RegistryClient, RegistryConfig};
     use crate::gate::resolver::{Resolver, ResolverOptions};
-    use crate::registry::{RegistryClient, RegistryConfig};
 
     let deadline = args.gate.deadline();
     let kosli = if args.dry_run {
@@ -232,12 +235,12 @@ async fn start_gate(
             exempt_namespaces: exempt,
         },
     );
-    let config = crate::webhook::WebhookConfig::new(
+    let config = crate::gate::server::WebhookConfig::new(
         addr,
         args.gate.webhook_cert.clone(),
         args.gate.webhook_key.clone(),
     );
-    let (bound, task) = crate::webhook::serve(config, Arc::new(handler), shutdown).await?;
+    let (bound, task) = crate::gate::server::serve(config, Arc::new(handler), shutdown).await?;
     tracing::info!(addr = %bound, deadline_ms = deadline.as_millis() as u64, "admission gate serving /validate");
     Ok(task)
 }

@@ -10,12 +10,12 @@ use std::sync::Arc;
 
 use super::EXIT_USAGE;
 use crate::cli::SnapshotArgs;
-use crate::cluster::PodLister;
-use crate::config::{self, EnvironmentTarget};
+use crate::cli::config_file::{self, EnvironmentTarget};
+use crate::core::pod::PodRecord;
+use crate::core::snapshot::{self, Snapshot};
 use crate::error::{Error, Result};
+use crate::k8s::client::PodLister;
 use crate::kosli::{EnsureOutcome, KosliClient};
-use crate::pod::PodRecord;
-use crate::snapshot::{self, Snapshot};
 
 /// Where the pods come from.
 enum PodSource {
@@ -58,11 +58,11 @@ pub async fn run(args: SnapshotArgs) -> ExitCode {
         }
     };
     let mut source = match &args.from_file {
-        Some(path) => match crate::podlist::read_pod_list(path) {
+        Some(path) => match crate::k8s::pod_file::read_pod_list(path) {
             Ok(pods) => PodSource::File(pods),
             Err(e) => return usage_error(&e),
         },
-        None => match crate::cluster::client(args.kubeconfig.as_deref()).await {
+        None => match crate::k8s::client::client(args.kubeconfig.as_deref()).await {
             Ok(client) => PodSource::Cluster(PodLister::new(client)),
             Err(e) => {
                 tracing::error!("{e}");
@@ -114,8 +114,11 @@ pub async fn run(args: SnapshotArgs) -> ExitCode {
 
 fn targets(args: &SnapshotArgs) -> Result<Vec<EnvironmentTarget>> {
     match (&args.config_file, &args.environment) {
-        (Some(path), _) => config::read_config_file(path),
-        (None, Some(name)) => Ok(vec![config::single_target(name, &args.namespace_lists())?]),
+        (Some(path), _) => config_file::read_config_file(path),
+        (None, Some(name)) => Ok(vec![config_file::single_target(
+            name,
+            &args.namespace_lists(),
+        )?]),
         (None, None) => Err(Error::Config(
             "an ENVIRONMENT-NAME argument or --config-file is required".to_owned(),
         )),

@@ -11,8 +11,8 @@ use kube::core::crd::CustomResourceExt;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::core::selection::{ContainerOptions, NamespaceFilter, Selection};
 use crate::error::{Error, Result};
-use crate::selection::{ContainerOptions, NamespaceFilter, Selection};
 
 /// Kosli's environment name pattern (its create-environment endpoint refuses others).
 pub const ENVIRONMENT_NAME_PATTERN: &str = r"^[a-zA-Z0-9][a-zA-Z0-9\.\-_]*$";

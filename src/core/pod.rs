@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::{Container, ContainerStatus, Pod};
 use serde::Serialize;
 
-use crate::fingerprint::{self, Fingerprint};
+use crate::core::fingerprint::{self, Fingerprint};
 
 /// An owner reference as the Kubernetes API serialises it (field order included).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -60,7 +60,7 @@ impl ContainerRecord {
         spec_image: Option<&str>,
     ) -> Self {
         let image = fingerprint::parse_image_id(image_id).map(|fingerprint| ReportedImage {
-            name: crate::snapshot::artifact_name(status_image, spec_image, image_id),
+            name: crate::core::snapshot::artifact_name(status_image, spec_image, image_id),
             fingerprint,
         });
         Self {

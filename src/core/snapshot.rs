@@ -12,9 +12,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::Serialize;
 use sha2::{Digest as _, Sha256};
 
-use crate::fingerprint::{self, FingerprintKind, ImageRef};
-use crate::pod::{ContainerKind, ContainerRecord, Owner, PodRecord};
-use crate::selection::ContainerOptions;
+use crate::core::fingerprint::{self, FingerprintKind, ImageRef};
+use crate::core::pod::{ContainerKind, ContainerRecord, Owner, PodRecord};
+use crate::core::selection::ContainerOptions;
 
 /// One entry of the report body, fields in Kosli's order.
 #[derive(Debug, Serialize)]

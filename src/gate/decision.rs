@@ -7,7 +7,7 @@ use kube::core::admission::Operation;
 
 use super::workload::Workload;
 use super::{BREAK_GLASS_ANNOTATION, BREAK_GLASS_MAX};
-use crate::crd::GateMode;
+use crate::core::crd::GateMode;
 use crate::kosli::AssertResponse;
 
 /// A KosliEnvironment whose gate covers the workload.

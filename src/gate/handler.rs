@@ -17,11 +17,11 @@ use super::decision::{self, Answer, ImageVerdict, Skip, Target};
 use super::pull_secrets;
 use super::resolver::Resolver;
 use super::workload::{Workload, parse_review};
-use crate::events::EventType;
-use crate::fingerprint::ImageRef;
-use crate::registry::RegistryCredentials;
+use crate::core::fingerprint::ImageRef;
+use crate::gate::registry::RegistryCredentials;
+use crate::gate::server::{ReviewHandler, ReviewRejection};
+use crate::k8s::events::EventType;
 use crate::reporter::Context;
-use crate::webhook::{ReviewHandler, ReviewRejection};
 
 #[derive(Clone, Debug)]
 pub struct GateOptions {
@@ -313,7 +313,7 @@ impl Inner {
 }
 
 fn strictest(targets: &[Target]) -> &'static str {
-    use crate::crd::GateMode;
+    use crate::core::crd::GateMode;
     let modes: BTreeSet<GateMode> = targets.iter().map(|t| t.mode).collect();
     if modes.contains(&GateMode::Enforce) {
         "Enforce"

@@ -4,12 +4,14 @@
 //! `workload` reads what to check out of an AdmissionReview and `decision`
 //! decides (both pure); `resolver` does the lookups (registry, Kosli) with caches,
 //! shared in-flight requests and a circuit breaker; `handler` ties them together
-//! behind the HTTPS server of `crate::webhook`.
+//! behind the HTTPS server of `crate::gate::server`.
 
 pub mod decision;
 pub mod handler;
 pub mod pull_secrets;
+pub mod registry;
 pub mod resolver;
+pub mod server;
 pub mod workload;
 
 /// The annotation that lets a workload through until the time it holds (RFC 3339).

@@ -8,8 +8,8 @@ use kube::Client;
 use kube::api::Api;
 use serde::Deserialize;
 
-use crate::fingerprint::DOCKER_HUB;
-use crate::registry::RegistryCredentials;
+use crate::core::fingerprint::DOCKER_HUB;
+use crate::gate::registry::RegistryCredentials;
 
 #[derive(Deserialize)]
 struct DockerConfig {

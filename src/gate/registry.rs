@@ -18,8 +18,8 @@ use reqwest::{StatusCode, Url};
 use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
 
+use crate::core::fingerprint::{DOCKER_HUB, Digest, ImageRef};
 use crate::error::{Error, Result, chain};
-use crate::fingerprint::{DOCKER_HUB, Digest, ImageRef};
 
 /// Every manifest media type we accept: the index kinds first, so a registry that
 /// negotiates returns the top-level object for multi-platform images.

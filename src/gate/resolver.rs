@@ -15,9 +15,9 @@ use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
 
 use super::decision::{ImageVerdict, reasons};
-use crate::fingerprint::ImageRef;
+use crate::core::fingerprint::ImageRef;
+use crate::gate::registry::{RegistryClient, RegistryCredentials};
 use crate::kosli::{AssertOutcome, KosliClient};
-use crate::registry::{RegistryClient, RegistryCredentials};
 
 #[derive(Clone, Debug)]
 pub struct ResolverOptions {

@@ -10,9 +10,9 @@ use kube::api::{Api, ListParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 
+use crate::core::pod::PodRecord;
+use crate::core::selection::NamespaceFilter;
 use crate::error::{Error, Result};
-use crate::pod::PodRecord;
-use crate::selection::NamespaceFilter;
 
 /// Page size for LIST: the API server's and client-go's usual chunk.
 const PAGE_SIZE: u32 = 500;

@@ -9,8 +9,8 @@ use std::path::Path;
 use k8s_openapi::api::core::v1::Pod;
 use serde::Deserialize;
 
+use crate::core::pod::PodRecord;
 use crate::error::{Error, Result};
-use crate::pod::PodRecord;
 
 #[derive(Deserialize)]
 struct ListDocument {

@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use crate::pod::PodRecord;
+use crate::core::pod::PodRecord;
 
 /// (namespace, name)
 pub type PodKey = (String, String);

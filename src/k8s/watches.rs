@@ -15,10 +15,10 @@ use kube::api::Api;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 
-use crate::crd::KosliEnvironment;
-use crate::pod::PodRecord;
+use crate::core::crd::KosliEnvironment;
+use crate::core::pod::PodRecord;
+use crate::k8s::store::pod_key;
 use crate::reporter::Context;
-use crate::store::pod_key;
 
 fn config() -> watcher::Config {
     // resourceVersion=0 lists from the API server's cache, sparing etcd; the

@@ -342,7 +342,7 @@ impl KosliClient {
         environment: Option<&str>,
         policies: &[String],
     ) -> Result<AssertOutcome> {
-        if !crate::fingerprint::is_sha256_hex(fingerprint) {
+        if !crate::core::fingerprint::is_sha256_hex(fingerprint) {
             return Err(Error::Config(format!(
                 "{fingerprint:?} is not a sha256 fingerprint (64 lowercase hex characters)"
             )));

@@ -14,7 +14,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Result};
-use crate::metrics::Metrics;
+use crate::observe::metrics::Metrics;
 
 /// What the endpoints read.
 pub trait Health: Send + Sync + 'static {

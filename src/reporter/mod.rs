@@ -8,6 +8,8 @@
 //! run independently, so one environment's failures never delay another's. Only
 //! the leader sends, writes status and records events; standbys stay warm.
 
+pub mod status;
+
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -19,16 +21,18 @@ use serde_json::json;
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::crd::{GateMode, GateSpec, KosliEnvironment, KosliEnvironmentStatus, KosliErrorStatus};
-use crate::events::{EventPublisher, EventType};
+use crate::core::crd::{
+    GateMode, GateSpec, KosliEnvironment, KosliEnvironmentStatus, KosliErrorStatus,
+};
+use crate::core::pod::PodRecord;
+use crate::core::selection::Selection;
+use crate::core::snapshot::{self, Snapshot};
 use crate::gate::decision::Target;
+use crate::k8s::events::{EventPublisher, EventType};
+use crate::k8s::store::{Change, ClusterState};
 use crate::kosli::{KosliClient, RetryPolicy};
-use crate::metrics::Metrics;
-use crate::pod::PodRecord;
-use crate::selection::Selection;
-use crate::snapshot::{self, Snapshot};
-use crate::status::{Outcome, desired_conditions, merge_conditions};
-use crate::store::{Change, ClusterState};
+use crate::observe::metrics::Metrics;
+use crate::reporter::status::{Outcome, desired_conditions, merge_conditions};
 
 /// The field manager of everything the reporter writes.
 pub const FIELD_MANAGER: &str = "kosli-operator";
@@ -515,7 +519,7 @@ impl Worker {
             crate::Error::Config(message) => message,
             other => other.to_string(),
         })?;
-        crate::crd::validate_environment_name(&env.environment_name())
+        crate::core::crd::validate_environment_name(&env.environment_name())
             .map_err(|e| format!("spec.name: {e}"))?;
         if let Some(watched) = &self.ctx.options.watch_namespaces {
             let covered = selection
@@ -764,7 +768,7 @@ impl Worker {
     }
 }
 
-impl crate::http::Health for Context {
+impl crate::observe::health::Health for Context {
     fn is_ready(&self) -> bool {
         Context::is_ready(self)
     }

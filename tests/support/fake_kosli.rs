@@ -577,7 +577,7 @@ pub fn validate_create(body: &Value) -> Result<(), BTreeMap<String, String>> {
     };
     unexpected(&mut errors, "$", obj, &["name", "type", "description"]);
     match require(&mut errors, "$", obj, "name").and_then(Value::as_str) {
-        Some(name) if kosli_operator::crd::validate_environment_name(name).is_ok() => {}
+        Some(name) if kosli_operator::core::crd::validate_environment_name(name).is_ok() => {}
         _ => {
             errors.insert(
                 "name".into(),
