@@ -29,6 +29,8 @@ pub mod observe;
 
 pub mod k8s;
 
+pub mod environments;
+
 pub mod gate;
 pub mod reporter;
 

@@ -13,13 +13,17 @@ use tokio_util::sync::CancellationToken;
 
 use super::EXIT_USAGE;
 use crate::cli::RunArgs;
+use crate::environments::EnvironmentIndex;
 use crate::error::{Error, Result};
+use crate::gate::handler::{GateCluster, GateHandler};
 use crate::k8s::events::EventPublisher;
 use crate::k8s::leader::{self, LeaseConfig};
-use crate::k8s::store::ClusterState;
+use crate::k8s::store::{ClusterState, SharedState};
+use crate::k8s::watches::Watches;
 use crate::kosli::KosliClient;
+use crate::observe::health::Health;
 use crate::observe::metrics::Metrics;
-use crate::reporter::{Context, ReporterOptions, Wiring};
+use crate::reporter::{Reporter, ReporterOptions, Wiring};
 
 pub async fn run(args: RunArgs) -> ExitCode {
     match start(args).await {
@@ -107,40 +111,63 @@ async fn start(args: RunArgs) -> Result<()> {
         ..ReporterOptions::default()
     };
     let events = EventPublisher::new(client.clone(), args.events_namespace.clone(), identity);
-    let wiring = Wiring {
-        metrics: metrics.clone(),
-        leader,
-        events,
-        shutdown: shutdown.clone(),
-    };
-    let ctx = Arc::new(Context::new(
-        client,
-        kosli,
-        ClusterState::new(scopes.clone()),
+    let state = Arc::new(SharedState::new(ClusterState::new(scopes.clone())));
+    let environments = Arc::new(EnvironmentIndex::new(options.watch_namespaces.clone()));
+    let reporter = Arc::new(Reporter::new(
         options,
-        wiring,
+        Wiring {
+            client: client.clone(),
+            kosli,
+            state: state.clone(),
+            environments: environments.clone(),
+            metrics: metrics.clone(),
+            leader,
+            events: events.clone(),
+            shutdown: shutdown.clone(),
+        },
     ));
-    let http = crate::observe::health::serve(
-        args.http_addr,
-        metrics.clone(),
-        ctx.clone(),
-        shutdown.clone(),
-    )
-    .await?;
-    let webhook = match args.gate.webhook_addr {
-        Some(addr) => {
-            Some(start_gate(&args, addr, ctx.clone(), metrics.clone(), shutdown.clone()).await?)
-        }
+    let gate = match args.gate.webhook_addr {
+        Some(_) => Some(gate_handler(
+            &args,
+            GateCluster {
+                client: client.clone(),
+                state: state.clone(),
+                environments,
+                events,
+                metrics: metrics.clone(),
+            },
+        )?),
         None => None,
     };
+    let readiness = Arc::new(Readiness {
+        reporter: reporter.clone(),
+        gate: gate.clone(),
+    });
+    let http =
+        crate::observe::health::serve(args.http_addr, metrics.clone(), readiness, shutdown.clone())
+            .await?;
+    let webhook = match (args.gate.webhook_addr, gate) {
+        (Some(addr), Some(handler)) => {
+            Some(serve_gate(&args, addr, handler, shutdown.clone()).await?)
+        }
+        _ => None,
+    };
 
+    let watches = Arc::new(Watches {
+        client,
+        state,
+        metrics: metrics.clone(),
+        shutdown: shutdown.clone(),
+        environment_selector: args.environment_selector.clone(),
+        listener: reporter,
+    });
     let mut tasks = vec![
-        tokio::spawn(crate::k8s::watches::watch_environments(ctx.clone())),
-        tokio::spawn(crate::k8s::watches::watch_namespaces(ctx.clone())),
+        tokio::spawn(crate::k8s::watches::watch_environments(watches.clone())),
+        tokio::spawn(crate::k8s::watches::watch_namespaces(watches.clone())),
     ];
     for scope in scopes {
         tasks.push(tokio::spawn(crate::k8s::watches::watch_pods(
-            ctx.clone(),
+            watches.clone(),
             scope,
         )));
     }
@@ -181,16 +208,22 @@ fn mirror_leadership(mut leader: watch::Receiver<bool>, metrics: Arc<Metrics>) {
     });
 }
 
+/// `/readyz`: every part that runs is ready.
+struct Readiness {
+    reporter: Arc<Reporter>,
+    gate: Option<GateHandler>,
+}
+
+impl Health for Readiness {
+    fn is_ready(&self) -> bool {
+        self.reporter.is_ready() && self.gate.as_ref().is_none_or(GateHandler::is_ready)
+    }
+}
+
 /// The admission gate: its own Kosli client (no retries, bounded by the review
 /// deadline), the registry client, the resolver and the HTTPS server.
-async fn start_gate(
-    args: &RunArgs,
-    addr: std::net::SocketAddr,
-    ctx: Arc<Context>,
-    metrics: Arc<Metrics>,
-    shutdown: CancellationToken,
-) -> Result<tokio::task::JoinHandle<()>> {
-    use crate::gate::handler::{GateHandler, GateOptions};
+fn gate_handler(args: &RunArgs, cluster: GateCluster) -> Result<GateHandler> {
+    use crate::gate::handler::GateOptions;
     use crate::gate::registry::{RegistryClient, RegistryConfig};
     use crate::gate::resolver::{Resolver, ResolverOptions};
 
@@ -202,7 +235,7 @@ async fn start_gate(
         config.retry.max_retries = 0;
         config.request_timeout = deadline;
         config.connect_timeout = deadline.min(config.connect_timeout);
-        Some(KosliClient::new(&config)?.with_observer(metrics.clone()))
+        Some(KosliClient::new(&config)?.with_observer(cluster.metrics.clone()))
     };
     let ca_bundle = match &args.gate.registry_ca_bundle {
         Some(path) => Some(std::fs::read(path).map_err(|source| Error::ReadFile {
@@ -222,19 +255,30 @@ async fn start_gate(
         non_compliant_ttl: args.gate.gate_non_compliant_cache,
         ..ResolverOptions::default()
     };
-    let resolver = Arc::new(Resolver::new(registry, kosli, options).with_observer(metrics));
+    let resolver =
+        Arc::new(Resolver::new(registry, kosli, options).with_observer(cluster.metrics.clone()));
     let mut exempt: std::collections::BTreeSet<String> =
         args.gate.gate_exempt_namespaces.iter().cloned().collect();
     exempt.insert("kube-system".to_owned());
     exempt.insert(args.lease_namespace.clone());
-    let handler = GateHandler::new(
-        ctx,
+    Ok(GateHandler::new(
+        cluster,
         resolver,
         GateOptions {
             deadline,
             exempt_namespaces: exempt,
         },
-    );
+    ))
+}
+
+/// The gate's HTTPS server.
+async fn serve_gate(
+    args: &RunArgs,
+    addr: std::net::SocketAddr,
+    handler: GateHandler,
+    shutdown: CancellationToken,
+) -> Result<tokio::task::JoinHandle<()>> {
+    let deadline = args.gate.deadline();
     let config = crate::gate::server::WebhookConfig::new(
         addr,
         args.gate.webhook_cert.clone(),

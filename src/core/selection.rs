@@ -11,6 +11,9 @@ use regex::Regex;
 
 use crate::error::{Error, Result};
 
+/// A label set: a pod's or a namespace's.
+pub type Labels = std::collections::BTreeMap<String, String>;
+
 /// The CLI's namespace filter, compiled once.
 #[derive(Clone, Debug, Default)]
 pub struct NamespaceFilter {

@@ -18,10 +18,12 @@ use super::pull_secrets;
 use super::resolver::Resolver;
 use super::workload::{Workload, parse_review};
 use crate::core::fingerprint::ImageRef;
+use crate::environments::EnvironmentIndex;
 use crate::gate::registry::RegistryCredentials;
 use crate::gate::server::{ReviewHandler, ReviewRejection};
-use crate::k8s::events::EventType;
-use crate::reporter::Context;
+use crate::k8s::events::{EventPublisher, EventType};
+use crate::k8s::store::SharedState;
+use crate::observe::metrics::Metrics;
 
 #[derive(Clone, Debug)]
 pub struct GateOptions {
@@ -38,8 +40,18 @@ const CREDENTIALS_TTL: Duration = Duration::from_secs(30);
 type CredentialsKey = (String, String, Vec<String>);
 type Credentials = BTreeMap<String, RegistryCredentials>;
 
+/// What the gate reads and writes in the cluster.
+pub struct GateCluster {
+    pub client: kube::Client,
+    /// Namespace labels, for environments that select namespaces by label.
+    pub state: Arc<SharedState>,
+    pub environments: Arc<EnvironmentIndex>,
+    pub events: EventPublisher,
+    pub metrics: Arc<Metrics>,
+}
+
 struct Inner {
-    ctx: Arc<Context>,
+    ctx: GateCluster,
     resolver: Arc<Resolver>,
     options: GateOptions,
     credentials: std::sync::Mutex<BTreeMap<CredentialsKey, (Arc<Credentials>, Instant)>>,
@@ -49,13 +61,18 @@ struct Inner {
 pub struct GateHandler(Arc<Inner>);
 
 impl GateHandler {
-    pub fn new(ctx: Arc<Context>, resolver: Arc<Resolver>, options: GateOptions) -> Self {
+    pub fn new(ctx: GateCluster, resolver: Arc<Resolver>, options: GateOptions) -> Self {
         Self(Arc::new(Inner {
             ctx,
             resolver,
             options,
             credentials: std::sync::Mutex::default(),
         }))
+    }
+
+    /// Ready to decide: the KosliEnvironments and namespace labels are known.
+    pub fn is_ready(&self) -> bool {
+        self.0.ctx.environments.is_synced() && self.0.ctx.state.read().namespaces.is_synced()
     }
 }
 
@@ -76,6 +93,22 @@ fn operation_label(op: &Operation) -> &'static str {
 }
 
 impl Inner {
+    /// The environments whose gate covers a pod in `namespace` with `labels`.
+    fn targets(&self, namespace: &str, labels: &BTreeMap<String, String>) -> Vec<Target> {
+        let namespace_labels = self.ctx.state.read().namespace_labels(namespace).cloned();
+        self.ctx
+            .environments
+            .gated(namespace, namespace_labels.as_ref(), labels)
+            .into_iter()
+            .map(|e| Target {
+                object: e.object.clone(),
+                kosli_env: e.kosli_env.clone(),
+                mode: e.gate.mode,
+                policies: e.gate.policies.clone(),
+            })
+            .collect()
+    }
+
     async fn review(&self, body: &[u8]) -> Result<Vec<u8>, ReviewRejection> {
         let started = Instant::now();
         let (request, workload) = parse_review(body).map_err(|message| ReviewRejection {
@@ -134,7 +167,7 @@ impl Inner {
             .as_ref()
             .map(|t| t.labels.clone())
             .unwrap_or_default();
-        let targets = self.ctx.gate_targets(&workload.namespace, &labels);
+        let targets = self.targets(&workload.namespace, &labels);
         let exempt = self.options.exempt_namespaces.contains(&workload.namespace);
         let now = jiff::Timestamp::now();
         let plan = match decision::plan(workload, targets.clone(), exempt, now) {

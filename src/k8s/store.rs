@@ -11,7 +11,7 @@ use crate::core::pod::PodRecord;
 
 /// (namespace, name)
 pub type PodKey = (String, String);
-pub type Labels = BTreeMap<String, String>;
+pub use crate::core::selection::Labels;
 
 /// A keyed collection fed by one watch, with its re-list buffer.
 #[derive(Debug)]
@@ -137,6 +137,27 @@ impl ClusterState {
 
     pub fn namespace_labels(&self, namespace: &str) -> Option<&Labels> {
         self.namespaces.get(&namespace.to_owned())
+    }
+}
+
+/// The cluster state behind one lock, shared by the watches (which write it),
+/// the reporter and the gate (which read it).
+#[derive(Debug, Default)]
+pub struct SharedState(std::sync::RwLock<ClusterState>);
+
+impl SharedState {
+    pub fn new(state: ClusterState) -> Self {
+        Self(std::sync::RwLock::new(state))
+    }
+
+    /// A poisoned lock still holds a consistent state: every writer keeps the
+    /// state whole between its statements.
+    pub fn read(&self) -> std::sync::RwLockReadGuard<'_, ClusterState> {
+        self.0.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn write(&self) -> std::sync::RwLockWriteGuard<'_, ClusterState> {
+        self.0.write().unwrap_or_else(|p| p.into_inner())
     }
 }
 

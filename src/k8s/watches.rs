@@ -15,10 +15,41 @@ use kube::api::Api;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 
+use kube::Client;
+use tokio_util::sync::CancellationToken;
+
 use crate::core::crd::KosliEnvironment;
 use crate::core::pod::PodRecord;
-use crate::k8s::store::pod_key;
-use crate::reporter::Context;
+use crate::k8s::store::{Change, SharedState, pod_key};
+use crate::observe::metrics::Metrics;
+
+/// Who is told what the watches saw (the reporter): called after the store is
+/// updated and its lock released.
+pub trait WatchListener: Send + Sync + 'static {
+    /// Pods were added, changed or removed: each change is (before, after).
+    fn pods_changed(&self, changes: &[Change<PodRecord>]);
+    /// Namespace labels changed, or the namespace watch (re-)synced.
+    fn namespaces_changed(&self);
+    /// A pod watch finished (re-)listing: the view is complete again.
+    fn pods_listed(&self);
+    /// A KosliEnvironment was added or changed (status-only updates included).
+    fn environment_applied(&self, env: KosliEnvironment);
+    /// A KosliEnvironment was deleted.
+    fn environment_deleted(&self, env: &KosliEnvironment);
+    /// A full list of KosliEnvironments is in: `present` names every one.
+    fn environments_listed(&self, present: &BTreeSet<String>);
+}
+
+/// What the watch tasks share.
+pub struct Watches {
+    pub client: Client,
+    pub state: Arc<SharedState>,
+    pub metrics: Arc<Metrics>,
+    pub shutdown: CancellationToken,
+    /// Only KosliEnvironments with matching labels are watched.
+    pub environment_selector: Option<String>,
+    pub listener: Arc<dyn WatchListener>,
+}
 
 fn config() -> watcher::Config {
     // resourceVersion=0 lists from the API server's cache, sparing etcd; the
@@ -31,7 +62,7 @@ type EventStream<K> = futures::stream::BoxStream<'static, Result<Event<K>, watch
 /// The next event of a watch; errors are counted, logged and retried (the
 /// stream backs off), `None` once shutting down.
 async fn next_event<K>(
-    ctx: &Context,
+    ctx: &Watches,
     stream: &mut EventStream<K>,
     resource: &'static str,
 ) -> Option<Event<K>> {
@@ -54,7 +85,7 @@ async fn next_event<K>(
 }
 
 /// Feeds one pod store: `namespace` `None` watches the whole cluster.
-pub async fn watch_pods(ctx: Arc<Context>, namespace: Option<String>) {
+pub async fn watch_pods(ctx: Arc<Watches>, namespace: Option<String>) {
     let api: Api<Pod> = match &namespace {
         Some(ns) => Api::namespaced(ctx.client.clone(), ns),
         None => Api::all(ctx.client.clone()),
@@ -63,7 +94,7 @@ pub async fn watch_pods(ctx: Arc<Context>, namespace: Option<String>) {
     let mut stream: EventStream<Pod> = watcher::watcher(api, config()).default_backoff().boxed();
     while let Some(event) = next_event(&ctx, &mut stream, "pods").await {
         let (changes, listed) = {
-            let mut state = ctx.write_state();
+            let mut state = ctx.state.write();
             let Some(store) = state.pod_scopes.get_mut(&scope) else {
                 return;
             };
@@ -109,21 +140,21 @@ pub async fn watch_pods(ctx: Arc<Context>, namespace: Option<String>) {
         if listed {
             // The view just became complete: every environment checks, even if
             // nothing it selects changed (the first report after start).
-            ctx.wake_all();
+            ctx.listener.pods_listed();
         } else {
-            ctx.pods_changed(&changes);
+            ctx.listener.pods_changed(&changes);
         }
     }
 }
 
 /// Feeds the namespace labels that namespace selectors match.
-pub async fn watch_namespaces(ctx: Arc<Context>) {
+pub async fn watch_namespaces(ctx: Arc<Watches>) {
     let api: Api<Namespace> = Api::all(ctx.client.clone());
     let mut stream: EventStream<Namespace> =
         watcher::watcher(api, config()).default_backoff().boxed();
     while let Some(event) = next_event(&ctx, &mut stream, "namespaces").await {
         let (changed, synced_now) = {
-            let mut state = ctx.write_state();
+            let mut state = ctx.state.write();
             let store = &mut state.namespaces;
             let result = match event {
                 Event::Apply(ns) => (
@@ -156,16 +187,16 @@ pub async fn watch_namespaces(ctx: Arc<Context>) {
             result
         };
         if changed || synced_now {
-            ctx.namespaces_changed();
+            ctx.listener.namespaces_changed();
         }
     }
 }
 
-/// Starts, updates and stops a worker per KosliEnvironment.
-pub async fn watch_environments(ctx: Arc<Context>) {
+/// Tells the listener which KosliEnvironments exist.
+pub async fn watch_environments(ctx: Arc<Watches>) {
     let api: Api<KosliEnvironment> = Api::all(ctx.client.clone());
     let mut config = watcher::Config::default();
-    if let Some(selector) = &ctx.options.environment_selector {
+    if let Some(selector) = &ctx.environment_selector {
         config = config.labels(selector);
     }
     let mut stream: EventStream<KosliEnvironment> =
@@ -173,21 +204,18 @@ pub async fn watch_environments(ctx: Arc<Context>) {
     let mut relisted: Option<BTreeSet<String>> = None;
     while let Some(event) = next_event(&ctx, &mut stream, "koslienvironments").await {
         match event {
-            Event::Apply(env) => ctx.environment_applied(env),
-            Event::Delete(env) => {
-                ctx.environment_deleted(&env.name_any());
-                ctx.metrics.forget_environment(&env.environment_name());
-            }
+            Event::Apply(env) => ctx.listener.environment_applied(env),
+            Event::Delete(env) => ctx.listener.environment_deleted(&env),
             Event::Init => relisted = Some(BTreeSet::new()),
             Event::InitApply(env) => {
                 relisted
                     .get_or_insert_with(BTreeSet::new)
                     .insert(env.name_any());
-                ctx.environment_applied(env);
+                ctx.listener.environment_applied(env);
             }
             Event::InitDone => {
-                ctx.retain_environments(&relisted.take().unwrap_or_default());
-                ctx.set_environments_synced();
+                ctx.listener
+                    .environments_listed(&relisted.take().unwrap_or_default());
                 tracing::info!("KosliEnvironment watch synced");
             }
         }

@@ -1,0 +1,333 @@
+//! The index of KosliEnvironments: which exist, each one's Kosli name, its
+//! selection compiled once (or why its spec cannot be served) and its gate.
+//!
+//! The KosliEnvironment watch writes it; the reporter's workers and the gate
+//! read it. Neither depends on the other: both depend on this index.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use kube::ResourceExt;
+
+use crate::core::crd::{GateMode, GateSpec, KosliEnvironment, validate_environment_name};
+use crate::core::selection::{Labels, Selection};
+use crate::error::Error;
+
+/// Why an environment's spec cannot be served: shown in its status and Events.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InvalidSpec {
+    pub message: String,
+}
+
+impl std::fmt::Display for InvalidSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+/// One KosliEnvironment as the reporter and the gate need it.
+#[derive(Debug)]
+pub struct IndexedEnvironment {
+    /// The KosliEnvironment object's name.
+    pub object: String,
+    /// The Kosli environment it reports to.
+    pub kosli_env: String,
+    pub generation: Option<i64>,
+    /// The compiled selection, or why the spec cannot be served.
+    pub selection: Result<Arc<Selection>, InvalidSpec>,
+    pub gate: GateSpec,
+    /// The object as last seen (its status is what the API server holds).
+    pub resource: Arc<KosliEnvironment>,
+}
+
+impl IndexedEnvironment {
+    /// Compiles `env` once; `watch_namespaces` is the operator's pod watch scope
+    /// (`None`: cluster-wide), which a selection must stay inside.
+    pub fn compile(env: KosliEnvironment, watch_namespaces: Option<&[String]>) -> Self {
+        let selection = compile_selection(&env, watch_namespaces).map(Arc::new);
+        Self {
+            object: env.name_any(),
+            kosli_env: env.environment_name(),
+            generation: env.metadata.generation,
+            selection,
+            gate: env.spec.gate.clone(),
+            resource: Arc::new(env),
+        }
+    }
+
+    /// The resend interval of the unchanged snapshot.
+    pub fn heartbeat(&self) -> Duration {
+        Duration::from_secs(
+            u64::try_from(self.resource.spec.heartbeat_seconds)
+                .unwrap_or(300)
+                .max(1),
+        )
+    }
+
+    /// Whether this environment selects a pod in `namespace` with `labels`.
+    pub fn selects(
+        &self,
+        namespace: &str,
+        namespace_labels: Option<&Labels>,
+        labels: &Labels,
+    ) -> bool {
+        self.selection
+            .as_ref()
+            .is_ok_and(|s| s.selects_pod(namespace, namespace_labels, labels))
+    }
+}
+
+/// The selection of a spec, or why it cannot be served.
+fn compile_selection(
+    env: &KosliEnvironment,
+    watch_namespaces: Option<&[String]>,
+) -> Result<Selection, InvalidSpec> {
+    let selection = env.spec.validate().map_err(|e| InvalidSpec {
+        message: match e {
+            Error::Config(message) => message,
+            other => other.to_string(),
+        },
+    })?;
+    validate_environment_name(&env.environment_name()).map_err(|e| InvalidSpec {
+        message: format!("spec.name: {e}"),
+    })?;
+    if let Some(watched) = watch_namespaces {
+        let covered = selection
+            .namespaces
+            .exact_namespaces()
+            .is_some_and(|names| names.iter().all(|n| watched.contains(n)));
+        if !covered {
+            return Err(InvalidSpec {
+                message: format!(
+                    "spec selects namespaces outside --watch-namespaces ({}); with --watch-namespaces, list the namespaces in spec.namespaces",
+                    watched.join(",")
+                ),
+            });
+        }
+    }
+    Ok(selection)
+}
+
+/// What applying an object did to the index.
+#[derive(Debug)]
+pub enum Applied {
+    /// A new environment.
+    Added(Arc<IndexedEnvironment>),
+    /// Its spec changed (a new generation).
+    Changed(Arc<IndexedEnvironment>),
+    /// Only its status or metadata moved: nothing to do.
+    Unchanged,
+}
+
+/// Every KosliEnvironment this operator handles.
+#[derive(Debug, Default)]
+pub struct EnvironmentIndex {
+    watch_namespaces: Option<Vec<String>>,
+    entries: RwLock<BTreeMap<String, Arc<IndexedEnvironment>>>,
+    synced: AtomicBool,
+}
+
+impl EnvironmentIndex {
+    pub fn new(watch_namespaces: Option<Vec<String>>) -> Self {
+        Self {
+            watch_namespaces,
+            ..Self::default()
+        }
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Arc<IndexedEnvironment>>> {
+        self.entries.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, Arc<IndexedEnvironment>>> {
+        self.entries.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Adds or updates an environment. Status-only updates come back through the
+    /// watch after every status write: they leave the entry as it is.
+    pub fn apply(&self, env: KosliEnvironment) -> Applied {
+        let name = env.name_any();
+        let mut entries = self.write();
+        let existing = entries.get(&name).map(|e| e.generation);
+        if existing.is_some_and(|generation| generation == env.metadata.generation) {
+            return Applied::Unchanged;
+        }
+        let entry = Arc::new(IndexedEnvironment::compile(
+            env,
+            self.watch_namespaces.as_deref(),
+        ));
+        entries.insert(name, entry.clone());
+        match existing {
+            Some(_) => Applied::Changed(entry),
+            None => Applied::Added(entry),
+        }
+    }
+
+    /// Removes an environment; `false` if it was not there.
+    pub fn remove(&self, name: &str) -> bool {
+        self.write().remove(name).is_some()
+    }
+
+    /// After a re-list: removes the environments that are gone, and names them.
+    pub fn retain(&self, present: &BTreeSet<String>) -> Vec<String> {
+        let mut entries = self.write();
+        let gone: Vec<String> = entries
+            .keys()
+            .filter(|k| !present.contains(*k))
+            .cloned()
+            .collect();
+        for name in &gone {
+            entries.remove(name);
+        }
+        gone
+    }
+
+    pub fn get(&self, name: &str) -> Option<Arc<IndexedEnvironment>> {
+        self.read().get(name).cloned()
+    }
+
+    /// Every environment, in name order.
+    pub fn all(&self) -> Vec<Arc<IndexedEnvironment>> {
+        self.read().values().cloned().collect()
+    }
+
+    /// The environments whose gate is on and whose selection covers a pod in
+    /// `namespace` with `labels`.
+    pub fn gated(
+        &self,
+        namespace: &str,
+        namespace_labels: Option<&Labels>,
+        labels: &Labels,
+    ) -> Vec<Arc<IndexedEnvironment>> {
+        self.read()
+            .values()
+            .filter(|e| e.gate.mode != GateMode::Off)
+            .filter(|e| e.selects(namespace, namespace_labels, labels))
+            .cloned()
+            .collect()
+    }
+
+    /// The first full list of KosliEnvironments is in.
+    pub fn set_synced(&self) {
+        self.synced.store(true, Ordering::Relaxed);
+    }
+
+    pub fn is_synced(&self) -> bool {
+        self.synced.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::crd::KosliEnvironmentSpec;
+
+    fn env(name: &str, generation: i64, spec: serde_json::Value) -> KosliEnvironment {
+        let spec: KosliEnvironmentSpec = serde_json::from_value(spec).unwrap();
+        let mut env = KosliEnvironment::new(name, spec);
+        env.metadata.generation = Some(generation);
+        env
+    }
+
+    fn labels(pairs: &[(&str, &str)]) -> Labels {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn a_spec_is_compiled_once_per_generation() {
+        let index = EnvironmentIndex::new(None);
+        let first = index.apply(env("prod", 1, serde_json::json!({"namespaces": ["a"]})));
+        assert!(matches!(first, Applied::Added(ref e) if e.kosli_env == "prod"));
+        let status_only = index.apply(env("prod", 1, serde_json::json!({"namespaces": ["a"]})));
+        assert!(matches!(status_only, Applied::Unchanged));
+        let changed = index.apply(env("prod", 2, serde_json::json!({"namespaces": ["b"]})));
+        let Applied::Changed(entry) = changed else {
+            panic!("a new generation is a change: {changed:?}")
+        };
+        assert!(entry.selects("b", None, &Labels::new()));
+        assert!(!entry.selects("a", None, &Labels::new()));
+    }
+
+    #[test]
+    fn an_invalid_spec_says_why_and_selects_nothing() {
+        let index = EnvironmentIndex::new(None);
+        let Applied::Added(entry) = index.apply(env(
+            "prod",
+            1,
+            serde_json::json!({"namespacesRegex": ["("]}),
+        )) else {
+            panic!("added")
+        };
+        let message = &entry.selection.as_ref().unwrap_err().message;
+        assert!(message.contains("namespace regex \"(\""), "{message}");
+        assert!(!entry.selects("anything", None, &Labels::new()));
+    }
+
+    #[test]
+    fn a_selection_outside_the_watched_namespaces_is_invalid() {
+        let index = EnvironmentIndex::new(Some(vec!["a".to_owned()]));
+        let Applied::Added(wide) = index.apply(env("wide", 1, serde_json::json!({}))) else {
+            panic!("added")
+        };
+        assert!(
+            wide.selection
+                .as_ref()
+                .unwrap_err()
+                .message
+                .starts_with("spec selects namespaces outside --watch-namespaces (a)")
+        );
+        let Applied::Added(inside) =
+            index.apply(env("inside", 1, serde_json::json!({"namespaces": ["a"]})))
+        else {
+            panic!("added")
+        };
+        assert!(inside.selection.is_ok());
+    }
+
+    #[test]
+    fn only_gated_environments_that_select_the_pod_are_gate_targets() {
+        let index = EnvironmentIndex::new(None);
+        index.apply(env(
+            "enforced",
+            1,
+            serde_json::json!({"namespaces": ["a"], "gate": {"mode": "Enforce"}}),
+        ));
+        index.apply(env("off", 1, serde_json::json!({"namespaces": ["a"]})));
+        index.apply(env(
+            "by-label",
+            1,
+            serde_json::json!({"podSelector": {"matchLabels": {"app": "web"}}, "gate": {"mode": "Audit"}}),
+        ));
+        let names = |found: Vec<Arc<IndexedEnvironment>>| {
+            found.iter().map(|e| e.object.clone()).collect::<Vec<_>>()
+        };
+        assert_eq!(
+            names(index.gated("a", None, &Labels::new())),
+            vec!["enforced"]
+        );
+        assert_eq!(
+            names(index.gated("a", None, &labels(&[("app", "web")]))),
+            vec!["by-label", "enforced"]
+        );
+        assert!(index.gated("b", None, &Labels::new()).is_empty());
+    }
+
+    #[test]
+    fn a_relist_drops_what_is_gone() {
+        let index = EnvironmentIndex::new(None);
+        index.apply(env("keep", 1, serde_json::json!({})));
+        index.apply(env("gone", 1, serde_json::json!({})));
+        let present = BTreeSet::from(["keep".to_owned()]);
+        assert_eq!(index.retain(&present), vec!["gone"]);
+        assert!(index.get("gone").is_none());
+        assert!(index.get("keep").is_some());
+        assert!(!index.is_synced());
+        index.set_synced();
+        assert!(index.is_synced());
+    }
+}
