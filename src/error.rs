@@ -62,6 +62,8 @@ pub enum Error {
         path: String,
         status: u16,
         message: String,
+        /// The wait Kosli asked for (429/503 with `Retry-After`).
+        retry_after: Option<std::time::Duration>,
     },
 
     /// No HTTP answer from Kosli: connect, TLS, timeout or a broken body.
@@ -129,6 +131,14 @@ impl Error {
                 kube::Error::Api(status) if status.code == 401 || status.code == 403
             ),
             _ => false,
+        }
+    }
+
+    /// The wait Kosli asked for with `Retry-After`, if it did.
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        match self {
+            Error::KosliStatus { retry_after, .. } => *retry_after,
+            _ => None,
         }
     }
 

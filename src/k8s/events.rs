@@ -20,6 +20,16 @@ pub enum EventType {
     Warning,
 }
 
+impl EventType {
+    /// The `type` field, as the Events API spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventType::Normal => "Normal",
+            EventType::Warning => "Warning",
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct EventPublisher {
     client: Client,
@@ -52,7 +62,7 @@ impl EventPublisher {
                 ..ObjectMeta::default()
             },
             event_time: Some(MicroTime(jiff::Timestamp::now())),
-            type_: Some(format!("{type_:?}")),
+            type_: Some(type_.as_str().to_owned()),
             reason: Some(reason.to_owned()),
             action: Some(action.to_owned()),
             // The API caps notes at 1 kB.

@@ -411,18 +411,20 @@ impl KosliClient {
                                 elapsed_ms = started.elapsed().as_millis() as u64, "Kosli answered");
                             return Ok(bytes);
                         }
-                        Ok(bytes) => (
-                            Error::KosliStatus {
+                        Ok(bytes) => {
+                            let retry_after = retry_after.filter(|_| {
+                                status == StatusCode::TOO_MANY_REQUESTS
+                                    || status == StatusCode::SERVICE_UNAVAILABLE
+                            });
+                            let error = Error::KosliStatus {
                                 method: method_name,
                                 path: display_path.clone(),
                                 status: status.as_u16(),
                                 message: error_message(status, &bytes),
-                            },
-                            retry_after.filter(|_| {
-                                status == StatusCode::TOO_MANY_REQUESTS
-                                    || status == StatusCode::SERVICE_UNAVAILABLE
-                            }),
-                        ),
+                                retry_after,
+                            };
+                            (error, retry_after)
+                        }
                         Err(e) => (transport_error(method_name, &display_path, &e), None),
                     }
                 }

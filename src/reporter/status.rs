@@ -61,17 +61,55 @@ impl Outcome {
     }
 }
 
+/// The conditions the reporter keeps on a KosliEnvironment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConditionType {
+    Ready,
+    Reporting,
+    Degraded,
+    Stale,
+}
+
+impl ConditionType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConditionType::Ready => "Ready",
+            ConditionType::Reporting => "Reporting",
+            ConditionType::Degraded => "Degraded",
+            ConditionType::Stale => "Stale",
+        }
+    }
+}
+
+/// A condition's status, as Kubernetes spells it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConditionStatus {
+    True,
+    False,
+    Unknown,
+}
+
+impl ConditionStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConditionStatus::True => "True",
+            ConditionStatus::False => "False",
+            ConditionStatus::Unknown => "Unknown",
+        }
+    }
+}
+
 fn condition(
-    type_: &str,
-    status: &str,
+    type_: ConditionType,
+    status: ConditionStatus,
     reason: &str,
     message: &str,
     generation: Option<i64>,
     now: &Time,
 ) -> Condition {
     Condition {
-        type_: type_.to_owned(),
-        status: status.to_owned(),
+        type_: type_.as_str().to_owned(),
+        status: status.as_str().to_owned(),
         reason: reason.to_owned(),
         message: message.to_owned(),
         observed_generation: generation,
@@ -86,40 +124,38 @@ pub fn desired_conditions(
     generation: Option<i64>,
     now: &Time,
 ) -> Vec<Condition> {
-    let c = |t: &str, s: &str, r: &str, m: &str| condition(t, s, r, m, generation, now);
-    let reporting = match outcome {
-        Outcome::Pending { message } => c("Reporting", "Unknown", "Pending", message),
-        Outcome::Reported => c(
-            "Reporting",
-            "True",
-            "Reported",
-            "Kosli accepted the last report",
-        ),
-        Outcome::DryRun => c(
-            "Reporting",
-            "True",
-            "DryRun",
-            "dry run: reports are logged, not sent",
-        ),
-        Outcome::Transient { message } => c("Reporting", "False", "KosliUnavailable", message),
-        Outcome::Permanent { reason, message } => c("Reporting", "False", reason, message),
-        Outcome::InvalidSpec { message } => c("Reporting", "False", "InvalidSpec", message),
+    use ConditionStatus::{False, True, Unknown};
+    use ConditionType::{Degraded, Ready, Reporting, Stale};
+    let c = |t, s, r: &str, m: &str| condition(t, s, r, m, generation, now);
+    let (reporting_status, reporting_reason, reporting_message) = match outcome {
+        Outcome::Pending { message } => (Unknown, "Pending", message.as_str()),
+        Outcome::Reported => (True, "Reported", "Kosli accepted the last report"),
+        Outcome::DryRun => (True, "DryRun", "dry run: reports are logged, not sent"),
+        Outcome::Transient { message } => (False, "KosliUnavailable", message.as_str()),
+        Outcome::Permanent { reason, message } => (False, *reason, message.as_str()),
+        Outcome::InvalidSpec { message } => (False, "InvalidSpec", message.as_str()),
     };
+    let reporting = c(
+        Reporting,
+        reporting_status,
+        reporting_reason,
+        reporting_message,
+    );
     let degraded = match outcome {
-        Outcome::Permanent { reason, message } => c("Degraded", "True", reason, message),
-        Outcome::InvalidSpec { message } => c("Degraded", "True", "InvalidSpec", message),
-        _ => c("Degraded", "False", "AsExpected", "nothing stops reporting"),
+        Outcome::Permanent { reason, message } => c(Degraded, True, reason, message),
+        Outcome::InvalidSpec { message } => c(Degraded, True, "InvalidSpec", message),
+        _ => c(Degraded, False, "AsExpected", "nothing stops reporting"),
     };
     let stale_condition = match stale {
-        Some(message) => c("Stale", "True", "NoRecentReport", message),
-        None => c("Stale", "False", "Fresh", "no report is overdue"),
+        Some(message) => c(Stale, True, "NoRecentReport", message),
+        None => c(Stale, False, "Fresh", "no report is overdue"),
     };
-    let ready = if reporting.status != "True" {
-        c("Ready", "False", &reporting.reason, &reporting.message)
+    let ready = if reporting_status != True {
+        c(Ready, False, reporting_reason, reporting_message)
     } else if let Some(message) = stale {
-        c("Ready", "False", "NoRecentReport", message)
+        c(Ready, False, "NoRecentReport", message)
     } else {
-        c("Ready", "True", &reporting.reason, &reporting.message)
+        c(Ready, True, reporting_reason, reporting_message)
     };
     vec![ready, reporting, degraded, stale_condition]
 }
@@ -292,6 +328,7 @@ mod tests {
             path: "/x".into(),
             status: s,
             message: "m".into(),
+            retry_after: None,
         };
         assert!(matches!(
             Outcome::from_error(&status(503)),

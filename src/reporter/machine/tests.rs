@@ -1,0 +1,639 @@
+//! Every rule of the reporter, driven by a made-up clock: milliseconds of real
+//! time for minutes of reporter time.
+
+use std::time::{Duration, Instant};
+
+use super::*;
+use crate::core::crd::KosliEnvironmentSpec;
+
+const DEBOUNCE: Duration = Duration::from_secs(1);
+const MAX_DEBOUNCE: Duration = Duration::from_secs(10);
+const HEARTBEAT: Duration = Duration::from_secs(300);
+const HOLD: Duration = Duration::from_secs(600);
+
+/// A machine and a clock that tests move by hand.
+struct Harness {
+    machine: Machine,
+    start: Instant,
+    wall: jiff::Timestamp,
+    elapsed: Duration,
+}
+
+fn spec() -> Spec {
+    Spec {
+        kosli_env: "prod".to_owned(),
+        generation: Some(1),
+        heartbeat: HEARTBEAT,
+        auto_create: false,
+        invalid: None,
+    }
+}
+
+fn timing() -> Timing {
+    Timing {
+        debounce: DEBOUNCE,
+        max_debounce: MAX_DEBOUNCE,
+        retry: RetryPolicy {
+            max_retries: u32::MAX,
+            base: Duration::from_secs(2),
+            cap: Duration::from_secs(120),
+            max_retry_after: Duration::from_secs(300),
+        },
+        permanent_hold: HOLD,
+        dry_run: false,
+    }
+}
+
+fn summary(hash: &str) -> Summary {
+    Summary {
+        pods: 3,
+        artifacts: 2,
+        config_ids: 0,
+        hash: hash.to_owned(),
+    }
+}
+
+fn transient(message: &str, retry_after: Option<Duration>) -> Failure {
+    Failure {
+        outcome: Outcome::Transient {
+            message: message.to_owned(),
+        },
+        status: Some(503),
+        message: message.to_owned(),
+        retry_after,
+    }
+}
+
+fn permanent(reason: &'static str, status: u16) -> Failure {
+    Failure {
+        outcome: Outcome::Permanent {
+            reason,
+            message: format!("HTTP {status}"),
+        },
+        status: Some(status),
+        message: format!("HTTP {status}"),
+        retry_after: None,
+    }
+}
+
+fn send() -> Effect {
+    Effect::Send {
+        ensure_environment: false,
+    }
+}
+
+fn events(effects: &[Effect]) -> Vec<(EventType, &'static str)> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Event { type_, reason, .. } => Some((*type_, *reason)),
+            _ => None,
+        })
+        .collect()
+}
+
+impl Harness {
+    fn new() -> Self {
+        Self::with(timing(), spec())
+    }
+
+    fn with(timing: Timing, spec: Spec) -> Self {
+        Self {
+            machine: Machine::new(timing, spec, true).with_seed(7),
+            start: Instant::now(),
+            wall: "2026-01-01T00:00:00Z".parse().unwrap(),
+            elapsed: Duration::ZERO,
+        }
+    }
+
+    fn now(&self) -> Moment {
+        Moment {
+            at: self.start + self.elapsed,
+            wall: self.wall + self.elapsed,
+        }
+    }
+
+    fn at(&self) -> Instant {
+        self.start + self.elapsed
+    }
+
+    fn advance(&mut self, by: Duration) {
+        self.elapsed += by;
+    }
+
+    /// Moves the clock to the machine's next wake and ticks.
+    fn tick_at_wake(&mut self) -> Vec<Effect> {
+        let wake = self.machine.next_wake().expect("a wake time");
+        assert!(wake >= self.at(), "a wake time never lies in the past");
+        self.elapsed = wake - self.start;
+        self.step(Input::Tick)
+    }
+
+    fn step(&mut self, input: Input) -> Vec<Effect> {
+        let now = self.now();
+        self.machine.step(input, now)
+    }
+
+    /// A full successful report of `hash`, from a Build onwards.
+    fn report(&mut self, hash: &str) {
+        assert_eq!(self.step(Input::Built(Some(summary(hash)))), vec![send()]);
+        let effects = self.step(Input::Sent {
+            ensured: false,
+            result: Ok(()),
+        });
+        assert!(effects.contains(&Effect::RefreshCompliance), "{effects:?}");
+        self.step(Input::Compliance(None));
+    }
+
+    /// The first report after start: a change, the debounce, a report.
+    fn first_report(&mut self, hash: &str) {
+        self.step(Input::Changed);
+        assert_eq!(self.tick_at_wake(), vec![Effect::Build]);
+        self.report(hash);
+    }
+
+    fn condition(&self, type_: &str) -> (String, String) {
+        let env = KosliEnvironment::new("prod", KosliEnvironmentSpec::default());
+        let status = self.machine.status(&env, self.now());
+        let c = status.conditions.iter().find(|c| c.type_ == type_).unwrap();
+        (c.status.clone(), c.reason.clone())
+    }
+}
+
+#[test]
+fn a_change_waits_for_the_debounce() {
+    let mut h = Harness::new();
+    assert_eq!(h.machine.next_wake(), None, "nothing to do until an input");
+    assert!(h.step(Input::Changed).is_empty());
+    assert_eq!(h.machine.next_wake(), Some(h.at() + DEBOUNCE));
+    h.advance(Duration::from_millis(400));
+    assert!(
+        h.step(Input::Tick).is_empty(),
+        "too early: still quiet time"
+    );
+    h.advance(Duration::from_millis(600));
+    assert_eq!(h.step(Input::Tick), vec![Effect::Build]);
+    assert_eq!(h.machine.next_wake(), None, "the change is taken");
+}
+
+#[test]
+fn each_change_restarts_the_quiet_time() {
+    let mut h = Harness::new();
+    h.step(Input::Changed);
+    h.advance(Duration::from_millis(800));
+    h.step(Input::Changed);
+    assert_eq!(h.machine.next_wake(), Some(h.at() + DEBOUNCE));
+}
+
+#[test]
+fn changes_that_keep_coming_are_reported_by_max_debounce() {
+    let mut h = Harness::new();
+    let first = h.at();
+    // A change every 400 ms for 9.6 s: the quiet time never comes.
+    for _ in 0..24 {
+        h.step(Input::Changed);
+        h.advance(Duration::from_millis(400));
+    }
+    assert_eq!(h.machine.next_wake(), Some(first + MAX_DEBOUNCE));
+    assert_eq!(h.tick_at_wake(), vec![Effect::Build]);
+}
+
+#[test]
+fn an_unchanged_snapshot_is_not_sent_until_the_heartbeat() {
+    let mut h = Harness::new();
+    h.first_report("a");
+    let sent_at = h.at();
+    h.step(Input::Changed);
+    assert_eq!(h.tick_at_wake(), vec![Effect::Build]);
+    assert_eq!(
+        h.step(Input::Built(Some(summary("a")))),
+        vec![Effect::WriteStatus],
+        "same hash: nothing to send"
+    );
+    assert_eq!(h.machine.next_wake(), Some(sent_at + HEARTBEAT));
+    assert_eq!(h.tick_at_wake(), vec![Effect::Build]);
+    assert_eq!(
+        h.step(Input::Built(Some(summary("a")))),
+        vec![send()],
+        "the heartbeat resends the unchanged snapshot"
+    );
+}
+
+#[test]
+fn a_changed_snapshot_is_sent() {
+    let mut h = Harness::new();
+    h.first_report("a");
+    h.step(Input::Changed);
+    h.tick_at_wake();
+    assert_eq!(h.step(Input::Built(Some(summary("b")))), vec![send()]);
+}
+
+#[test]
+fn nothing_is_sent_from_an_incomplete_view() {
+    let mut h = Harness::new();
+    h.step(Input::Changed);
+    assert_eq!(h.tick_at_wake(), vec![Effect::Build]);
+    assert!(h.step(Input::Built(None)).is_empty());
+    assert_eq!(h.machine.next_wake(), None, "waits for the list to finish");
+}
+
+#[test]
+fn a_transient_failure_backs_off_exponentially() {
+    let mut h = Harness::new();
+    h.step(Input::Changed);
+    h.tick_at_wake();
+    h.step(Input::Built(Some(summary("a"))));
+    let mut delays = Vec::new();
+    for _ in 0..4 {
+        let failed_at = h.at();
+        h.step(Input::Sent {
+            ensured: false,
+            result: Err(transient("HTTP 503", None)),
+        });
+        let wake = h.machine.next_wake().unwrap();
+        delays.push(wake - failed_at);
+        assert_eq!(h.tick_at_wake(), vec![Effect::Build]);
+        assert_eq!(h.step(Input::Built(Some(summary("a")))), vec![send()]);
+    }
+    // base 2 s doubling: each delay lies in [d/2, d).
+    for (delay, d) in delays.iter().zip([2u64, 4, 8, 16]) {
+        let d = Duration::from_secs(d);
+        assert!(*delay >= d / 2 && *delay < d, "{delays:?}");
+    }
+}
+
+#[test]
+fn a_change_during_backoff_does_not_send_early() {
+    let mut h = Harness::new();
+    h.step(Input::Changed);
+    h.tick_at_wake();
+    h.step(Input::Built(Some(summary("a"))));
+    h.step(Input::Sent {
+        ensured: false,
+        result: Err(transient("HTTP 503", None)),
+    });
+    h.step(Input::Changed);
+    assert_eq!(h.tick_at_wake(), vec![Effect::Build]);
+    assert_eq!(
+        h.step(Input::Built(Some(summary("b")))),
+        vec![Effect::WriteStatus],
+        "the retry is not due yet"
+    );
+    let effects = h.tick_at_wake();
+    assert_eq!(effects, vec![Effect::Build], "the retry time came");
+}
+
+#[test]
+fn retry_after_is_honoured_when_longer_than_the_backoff() {
+    let mut h = Harness::new();
+    h.step(Input::Changed);
+    h.tick_at_wake();
+    h.step(Input::Built(Some(summary("a"))));
+    let failed_at = h.at();
+    h.step(Input::Sent {
+        ensured: false,
+        result: Err(transient("HTTP 429", Some(Duration::from_secs(45)))),
+    });
+    assert_eq!(
+        h.machine.next_wake(),
+        Some(failed_at + Duration::from_secs(45))
+    );
+}
+
+#[test]
+fn a_retry_after_beyond_the_cap_falls_back_to_the_backoff() {
+    let mut h = Harness::new();
+    h.step(Input::Changed);
+    h.tick_at_wake();
+    h.step(Input::Built(Some(summary("a"))));
+    let failed_at = h.at();
+    h.step(Input::Sent {
+        ensured: false,
+        result: Err(transient("HTTP 429", Some(Duration::from_secs(3600)))),
+    });
+    let wait = h.machine.next_wake().unwrap() - failed_at;
+    assert!(wait < Duration::from_secs(2), "{wait:?}");
+}
+
+#[test]
+fn a_permanent_failure_holds_until_the_hold_ends() {
+    let mut h = Harness::new();
+    h.step(Input::Changed);
+    h.tick_at_wake();
+    h.step(Input::Built(Some(summary("a"))));
+    let failed_at = h.at();
+    let effects = h.step(Input::Sent {
+        ensured: false,
+        result: Err(permanent("Unauthorized", 401)),
+    });
+    assert_eq!(events(&effects), vec![(EventType::Warning, "Unauthorized")]);
+    assert_eq!(
+        h.condition("Degraded"),
+        ("True".into(), "Unauthorized".into())
+    );
+    // A pod change during the hold is not sent.
+    h.advance(Duration::from_secs(60));
+    h.step(Input::Changed);
+    assert!(h.tick_at_wake().is_empty(), "held");
+    assert_eq!(h.machine.next_wake(), Some(failed_at + HOLD));
+    assert_eq!(h.tick_at_wake(), vec![Effect::Build], "the hold ended");
+}
+
+#[test]
+fn a_spec_change_releases_the_hold_at_once() {
+    let mut h = Harness::new();
+    h.step(Input::Changed);
+    h.tick_at_wake();
+    h.step(Input::Built(Some(summary("a"))));
+    h.step(Input::Sent {
+        ensured: false,
+        result: Err(permanent("KosliRejectedReport", 400)),
+    });
+    h.advance(Duration::from_secs(5));
+    let changed = Spec {
+        generation: Some(2),
+        ..spec()
+    };
+    assert_eq!(h.step(Input::Spec(changed)), vec![Effect::Build]);
+}
+
+#[test]
+fn an_invalid_spec_is_degraded_and_recorded_once_per_message() {
+    let invalid = |message: &str| Spec {
+        invalid: Some(InvalidSpec {
+            message: message.to_owned(),
+        }),
+        ..spec()
+    };
+    let mut h = Harness::with(timing(), invalid("spec.namespacesRegex: bad"));
+    h.step(Input::Changed);
+    let effects = h.tick_at_wake();
+    assert_eq!(
+        effects,
+        vec![
+            Effect::Event {
+                type_: EventType::Warning,
+                reason: "InvalidSpec",
+                message: "spec.namespacesRegex: bad".to_owned(),
+            },
+            Effect::WriteStatus
+        ]
+    );
+    assert_eq!(
+        h.condition("Degraded"),
+        ("True".into(), "InvalidSpec".into())
+    );
+    // The hold ends: the same message again is not a second Event.
+    assert_eq!(h.tick_at_wake(), vec![Effect::WriteStatus]);
+    // A new generation with another mistake is.
+    let effects = h.step(Input::Spec(Spec {
+        generation: Some(2),
+        ..invalid("spec.name: too long")
+    }));
+    assert_eq!(events(&effects), vec![(EventType::Warning, "InvalidSpec")]);
+    // Fixed: reporting resumes.
+    let effects = h.step(Input::Spec(Spec {
+        generation: Some(3),
+        ..spec()
+    }));
+    assert_eq!(effects, vec![Effect::Build]);
+}
+
+#[test]
+fn report_failed_is_recorded_once_and_recovery_once() {
+    let mut h = Harness::new();
+    h.step(Input::Changed);
+    h.tick_at_wake();
+    h.step(Input::Built(Some(summary("a"))));
+    let first = h.step(Input::Sent {
+        ensured: false,
+        result: Err(transient("HTTP 503", None)),
+    });
+    assert_eq!(events(&first), vec![(EventType::Warning, "ReportFailed")]);
+    h.tick_at_wake();
+    h.step(Input::Built(Some(summary("a"))));
+    let again = h.step(Input::Sent {
+        ensured: false,
+        result: Err(transient("HTTP 502", None)),
+    });
+    assert!(events(&again).is_empty(), "still failing: no new Event");
+    assert_eq!(
+        h.condition("Ready"),
+        ("False".into(), "KosliUnavailable".into())
+    );
+    h.tick_at_wake();
+    h.step(Input::Built(Some(summary("a"))));
+    let recovered = h.step(Input::Sent {
+        ensured: false,
+        result: Ok(()),
+    });
+    assert_eq!(
+        events(&recovered),
+        vec![(EventType::Normal, "ReportRecovered")]
+    );
+    h.step(Input::Compliance(None));
+    assert_eq!(h.condition("Ready"), ("True".into(), "Reported".into()));
+    // A later success is no recovery.
+    h.step(Input::Changed);
+    h.tick_at_wake();
+    h.step(Input::Built(Some(summary("b"))));
+    let ok = h.step(Input::Sent {
+        ensured: false,
+        result: Ok(()),
+    });
+    assert!(events(&ok).is_empty());
+}
+
+#[test]
+fn the_first_report_records_no_recovery() {
+    let mut h = Harness::new();
+    h.step(Input::Changed);
+    h.tick_at_wake();
+    h.step(Input::Built(Some(summary("a"))));
+    let effects = h.step(Input::Sent {
+        ensured: false,
+        result: Ok(()),
+    });
+    assert_eq!(effects, vec![Effect::RefreshCompliance]);
+}
+
+#[test]
+fn non_compliance_is_recorded_when_it_starts() {
+    let mut h = Harness::new();
+    h.first_report("a");
+    let url = "https://kosli.example/org/environments/prod".to_owned();
+    let first = h.step(Input::Compliance(Some((
+        Compliance::NonCompliant,
+        url.clone(),
+    ))));
+    assert_eq!(
+        first,
+        vec![
+            Effect::Event {
+                type_: EventType::Warning,
+                reason: "NonCompliant",
+                message: format!("Kosli judges what runs in prod non-compliant: {url}"),
+            },
+            Effect::WriteStatus
+        ]
+    );
+    let again = h.step(Input::Compliance(Some((
+        Compliance::NonCompliant,
+        url.clone(),
+    ))));
+    assert_eq!(
+        again,
+        vec![Effect::WriteStatus],
+        "still non-compliant: no new Event"
+    );
+    h.step(Input::Compliance(Some((
+        Compliance::Compliant,
+        url.clone(),
+    ))));
+    let back = h.step(Input::Compliance(Some((Compliance::NonCompliant, url))));
+    assert_eq!(events(&back), vec![(EventType::Warning, "NonCompliant")]);
+}
+
+#[test]
+fn no_report_for_two_heartbeats_is_stale() {
+    let mut h = Harness::new();
+    h.first_report("a");
+    let sent_at = h.at();
+    assert_eq!(h.condition("Stale"), ("False".into(), "Fresh".into()));
+    // The heartbeat fails, and keeps failing with long Retry-Afters.
+    assert_eq!(h.tick_at_wake(), vec![Effect::Build]);
+    h.step(Input::Built(Some(summary("a"))));
+    h.step(Input::Sent {
+        ensured: false,
+        result: Err(transient("HTTP 429", Some(Duration::from_secs(299)))),
+    });
+    h.tick_at_wake();
+    h.step(Input::Built(Some(summary("a"))));
+    h.step(Input::Sent {
+        ensured: false,
+        result: Err(transient("HTTP 429", Some(Duration::from_secs(299)))),
+    });
+    assert_eq!(
+        h.machine.next_wake(),
+        Some(sent_at + 2 * HEARTBEAT + Duration::from_secs(1)),
+        "the stale check comes before the next retry"
+    );
+    assert_eq!(h.tick_at_wake(), vec![Effect::Build]);
+    assert_eq!(
+        h.step(Input::Built(Some(summary("a")))),
+        vec![Effect::WriteStatus]
+    );
+    assert_eq!(
+        h.condition("Stale"),
+        ("True".into(), "NoRecentReport".into())
+    );
+    assert_eq!(
+        h.condition("Ready"),
+        ("False".into(), "KosliUnavailable".into())
+    );
+}
+
+#[test]
+fn a_standby_does_nothing_and_a_new_leader_reports_afresh() {
+    let mut h = Harness::with(timing(), spec());
+    h.first_report("a");
+    assert!(h.step(Input::Leadership(false)).is_empty());
+    assert!(h.step(Input::Changed).is_empty());
+    assert_eq!(h.machine.next_wake(), None, "a standby has no timers");
+    assert!(h.step(Input::Tick).is_empty());
+    assert_eq!(h.step(Input::Leadership(true)), vec![Effect::Build]);
+    assert_eq!(
+        h.step(Input::Built(Some(summary("a")))),
+        vec![send()],
+        "another leader may have reported meanwhile: the same hash is sent again"
+    );
+}
+
+#[test]
+fn auto_create_ensures_the_environment_until_it_is_known() {
+    let mut h = Harness::with(
+        timing(),
+        Spec {
+            auto_create: true,
+            ..spec()
+        },
+    );
+    h.step(Input::Changed);
+    h.tick_at_wake();
+    assert_eq!(
+        h.step(Input::Built(Some(summary("a")))),
+        vec![Effect::Send {
+            ensure_environment: true
+        }]
+    );
+    h.step(Input::Sent {
+        ensured: true,
+        result: Ok(()),
+    });
+    h.step(Input::Compliance(None));
+    h.step(Input::Changed);
+    h.tick_at_wake();
+    assert_eq!(h.step(Input::Built(Some(summary("b")))), vec![send()]);
+}
+
+#[test]
+fn dry_run_reports_without_asking_for_compliance() {
+    let mut h = Harness::with(
+        Timing {
+            dry_run: true,
+            ..timing()
+        },
+        spec(),
+    );
+    h.step(Input::Changed);
+    h.tick_at_wake();
+    h.step(Input::Built(Some(summary("a"))));
+    let effects = h.step(Input::Sent {
+        ensured: false,
+        result: Ok(()),
+    });
+    assert_eq!(effects, vec![Effect::WriteStatus]);
+    assert_eq!(h.condition("Ready"), ("True".into(), "DryRun".into()));
+}
+
+#[test]
+fn status_is_written_only_when_it_changes() {
+    let mut h = Harness::new();
+    h.first_report("a");
+    let env = KosliEnvironment::new("prod", KosliEnvironmentSpec::default());
+    let status = h
+        .machine
+        .status_to_write(&env, h.now())
+        .expect("first write");
+    assert_eq!(status.snapshot_hash.as_deref(), Some("a"));
+    assert_eq!(status.pod_count, Some(3));
+    h.machine.status_written(status);
+    h.advance(Duration::from_secs(30));
+    assert_eq!(h.machine.status_to_write(&env, h.now()), None);
+}
+
+#[test]
+fn every_due_time_is_spent_once() {
+    // However the inputs fall, the machine never asks to wake in the past
+    // after it acted at that time, so the worker cannot spin.
+    let mut h = Harness::new();
+    h.first_report("a");
+    for round in 0..50 {
+        let effects = h.tick_at_wake();
+        if effects == vec![Effect::Build] {
+            let result = if round % 3 == 0 {
+                Ok(())
+            } else {
+                Err(transient("HTTP 503", None))
+            };
+            if h.step(Input::Built(Some(summary("a")))) == vec![send()] {
+                h.step(Input::Sent {
+                    ensured: false,
+                    result,
+                });
+            }
+        }
+        let wake = h.machine.next_wake().expect("a heartbeat is always ahead");
+        assert!(wake > h.at(), "round {round}: wake {wake:?} is not ahead");
+    }
+}

@@ -1,0 +1,282 @@
+//! The task per KosliEnvironment: waits for inputs and timers, feeds them to its
+//! [`Machine`], and performs the effects it returns (build, send, Events,
+//! status). Every decision is the machine's; this file only does I/O.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use kube::Resource;
+use kube::api::{Api, Patch, PatchParams};
+use serde_json::json;
+use tokio::sync::{Notify, watch};
+use tokio_util::sync::CancellationToken;
+
+use super::machine::{Compliance, Effect, Failure, Input, Machine, Moment, Spec, Summary, Timing};
+use super::status::Outcome;
+use super::{FIELD_MANAGER, Shared};
+use crate::core::crd::KosliEnvironment;
+use crate::core::snapshot::{self, Snapshot};
+use crate::environments::IndexedEnvironment;
+use crate::k8s::events::EventType;
+
+/// How long to sleep when the machine waits only for inputs.
+const IDLE: std::time::Duration = std::time::Duration::from_secs(3600);
+
+pub(super) struct Worker {
+    shared: Arc<Shared>,
+    /// The KosliEnvironment object's name.
+    name: String,
+    spec: watch::Receiver<Arc<IndexedEnvironment>>,
+    notify: Arc<Notify>,
+    leader: watch::Receiver<bool>,
+    cancel: CancellationToken,
+    machine: Machine,
+    /// The body of the snapshot last built, until it is sent.
+    body: Option<Vec<u8>>,
+}
+
+fn machine_spec(env: &IndexedEnvironment) -> Spec {
+    Spec {
+        kosli_env: env.kosli_env.clone(),
+        generation: env.generation,
+        heartbeat: env.heartbeat(),
+        auto_create: env.resource.spec.auto_create,
+        invalid: env.selection.as_ref().err().cloned(),
+    }
+}
+
+impl Worker {
+    pub(super) fn new(
+        shared: Arc<Shared>,
+        name: String,
+        spec: watch::Receiver<Arc<IndexedEnvironment>>,
+        notify: Arc<Notify>,
+        mut leader: watch::Receiver<bool>,
+        cancel: CancellationToken,
+    ) -> Self {
+        let options = &shared.options;
+        let timing = Timing {
+            debounce: options.debounce,
+            max_debounce: options.max_debounce,
+            retry: options.retry,
+            permanent_hold: options.permanent_hold,
+            dry_run: shared.kosli.is_none(),
+        };
+        let leading = *leader.borrow_and_update();
+        let machine = Machine::new(timing, machine_spec(&spec.borrow()), leading);
+        Self {
+            shared,
+            name,
+            spec,
+            notify,
+            leader,
+            cancel,
+            machine,
+            body: None,
+        }
+    }
+
+    fn env(&self) -> Arc<IndexedEnvironment> {
+        self.spec.borrow().clone()
+    }
+
+    pub(super) async fn run(mut self) {
+        loop {
+            let wake_at = self
+                .machine
+                .next_wake()
+                .unwrap_or_else(|| std::time::Instant::now() + IDLE);
+            let input = tokio::select! {
+                () = self.cancel.cancelled() => return,
+                () = self.notify.notified() => Input::Changed,
+                changed = self.spec.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    Input::Spec(machine_spec(&self.spec.borrow_and_update()))
+                }
+                changed = self.leader.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    Input::Leadership(*self.leader.borrow_and_update())
+                }
+                () = tokio::time::sleep_until(wake_at.into()) => Input::Tick,
+            };
+            if self.cancel.is_cancelled() {
+                return;
+            }
+            self.perform(input).await;
+        }
+    }
+
+    /// Steps the machine with `input` and performs what it returns, feeding
+    /// each effect's result back, until nothing is left to do.
+    async fn perform(&mut self, input: Input) {
+        let mut queue: VecDeque<Effect> = self.machine.step(input, Moment::now()).into();
+        while let Some(effect) = queue.pop_front() {
+            let next = match effect {
+                Effect::Build => Some(Input::Built(self.build())),
+                Effect::Send { ensure_environment } => Some(self.send(ensure_environment).await),
+                Effect::RefreshCompliance => Some(Input::Compliance(self.compliance().await)),
+                Effect::Event {
+                    type_,
+                    reason,
+                    message,
+                } => {
+                    self.event(type_, reason, &message).await;
+                    None
+                }
+                Effect::WriteStatus => {
+                    self.write_status().await;
+                    None
+                }
+            };
+            if let Some(input) = next {
+                queue.extend(self.machine.step(input, Moment::now()));
+            }
+        }
+    }
+
+    /// The snapshot from a complete view, or `None` while a watch is incomplete.
+    fn build(&mut self) -> Option<Summary> {
+        let env = self.env();
+        let selection = env.selection.as_ref().ok()?;
+        let snap: Snapshot = {
+            let state = self.shared.state.read();
+            if !state.pods_synced()
+                || (selection.needs_namespace_labels() && !state.namespaces.is_synced())
+            {
+                return None;
+            }
+            let pods = state.pods().filter(|p| {
+                selection.selects_pod(
+                    &p.namespace,
+                    state.namespace_labels(&p.namespace),
+                    &p.labels,
+                )
+            });
+            snapshot::build(pods, selection.containers)
+        };
+        for warning in &snap.warnings {
+            tracing::warn!(environment = %env.kosli_env, "{warning}");
+        }
+        let summary = Summary {
+            pods: snap.pod_count,
+            artifacts: snap.artifact_count,
+            config_ids: snap.config_id_count,
+            hash: snap.hash,
+        };
+        self.body = Some(snap.body);
+        Some(summary)
+    }
+
+    async fn send(&mut self, ensure_environment: bool) -> Input {
+        let env = self.env();
+        let kosli_env = &env.kosli_env;
+        let body = self.body.take().unwrap_or_default();
+        let bytes = body.len();
+        let pods = self.machine.summary().map_or(0, |s| s.pods);
+        let Some(kosli) = &self.shared.kosli else {
+            tracing::info!(environment = %kosli_env, bytes, body = %String::from_utf8_lossy(&body),
+                "dry run: would report");
+            self.shared.metrics.report_sent(kosli_env, bytes);
+            return Input::Sent {
+                ensured: false,
+                result: Ok(()),
+            };
+        };
+        let mut ensured = false;
+        let mut result = Ok(());
+        if ensure_environment {
+            let description = env.resource.spec.description.clone().unwrap_or_default();
+            result = kosli
+                .ensure_environment(kosli_env, &description)
+                .await
+                .map(drop);
+            ensured = result.is_ok();
+        }
+        if result.is_ok() {
+            result = kosli.report_k8s(kosli_env, body).await;
+        }
+        let result = match result {
+            Ok(()) => {
+                self.shared.metrics.report_sent(kosli_env, bytes);
+                tracing::info!(environment = %kosli_env, pods, bytes, "reported");
+                Ok(())
+            }
+            Err(error) => {
+                self.shared.metrics.report_failed(kosli_env);
+                tracing::warn!(environment = %kosli_env, "report failed: {error}");
+                Err(Failure {
+                    outcome: Outcome::from_error(&error),
+                    status: error.kosli_status(),
+                    message: error.to_string(),
+                    retry_after: error.retry_after(),
+                })
+            }
+        };
+        Input::Sent { ensured, result }
+    }
+
+    /// Kosli's verdict on what now runs, and its link.
+    async fn compliance(&self) -> Option<(Compliance, String)> {
+        let kosli = self.shared.kosli.as_ref()?;
+        let kosli_env = self.env().kosli_env.clone();
+        match kosli.get_environment(&kosli_env).await {
+            Ok(Some(found)) => {
+                let compliance = match found.state {
+                    Some(true) => Compliance::Compliant,
+                    Some(false) => Compliance::NonCompliant,
+                    None => Compliance::Unknown,
+                };
+                let url = found
+                    .html_url
+                    .unwrap_or_else(|| kosli.environment_url(&kosli_env));
+                Some((compliance, url))
+            }
+            Ok(None) => None,
+            Err(e) => {
+                tracing::warn!(environment = %kosli_env, "failed to read compliance: {e}");
+                None
+            }
+        }
+    }
+
+    /// Writes the machine's status when it differs from what was last written.
+    async fn write_status(&mut self) {
+        let env = self.env();
+        let resource: &KosliEnvironment = &env.resource;
+        let Some(status) = self.machine.status_to_write(resource, Moment::now()) else {
+            return;
+        };
+        let api: Api<KosliEnvironment> = Api::all(self.shared.client.clone());
+        // Server-side apply: fields this manager wrote before and leaves out now
+        // (a cleared lastKosliError) are removed, which a merge patch would not do.
+        let patch = json!({
+            "apiVersion": "kosli.com/v1alpha1",
+            "kind": "KosliEnvironment",
+            "status": status,
+        });
+        let params = PatchParams::apply(FIELD_MANAGER).force();
+        match api
+            .patch_status(&self.name, &params, &Patch::Apply(&patch))
+            .await
+        {
+            Ok(_) => self.machine.status_written(status),
+            Err(e) => tracing::warn!(kosli_environment = %self.name, "failed to write status: {e}"),
+        }
+    }
+
+    async fn event(&self, type_: EventType, reason: &str, note: &str) {
+        let env = self.env();
+        let published = self
+            .shared
+            .events
+            .publish(env.resource.object_ref(&()), type_, reason, "Report", note)
+            .await;
+        if let Err(e) = published {
+            tracing::warn!(kosli_environment = %self.name, "failed to record event {reason}: {e}");
+        }
+    }
+}
