@@ -20,6 +20,10 @@
 //!   resolver, the registry client and the HTTPS server.
 //! - [`cli`], [`commands`]: flags and config files, and what each subcommand does.
 
+// Panics are for tests: library code returns errors (unwrap_used is set for
+// every target in Cargo.toml; integration-test helpers may still expect).
+#![warn(clippy::expect_used, clippy::panic)]
+
 pub mod error;
 pub mod tls;
 
