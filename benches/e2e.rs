@@ -850,7 +850,7 @@ async fn reporter(env: &TestEnv, client: &Client, id: &str, n: usize) -> String 
     .unwrap();
     writeln!(
         out,
-        "| figure | measured | budget (DESIGN.md) | CronJob way |"
+        "| figure | measured | budget (docs/performance.md) | CronJob way |"
     )
     .unwrap();
     writeln!(out, "|---|---|---|---|").unwrap();
@@ -1010,7 +1010,7 @@ async fn reporter(env: &TestEnv, client: &Client, id: &str, n: usize) -> String 
         run_times.iter().max().unwrap().as_secs_f64(),
     )
     .unwrap();
-    // DESIGN.md's units: 20 MB + 1 KB per pod is "about 120 MB at 100k pods".
+    // docs/performance.md's units: 20 MB + 1 KB per pod is "about 120 MB at 100k pods".
     let budget_mb = 20.0 + n as f64 / 1000.0;
     let rss_mb = rss_kb as f64 * 1024.0 / 1e6;
     writeln!(

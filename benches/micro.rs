@@ -1,4 +1,4 @@
-//! Micro-benchmarks of the hot paths, against DESIGN.md's budgets. Prints a
+//! Micro-benchmarks of the hot paths, against docs/performance.md's budgets. Prints a
 //! Markdown section on stdout (hack/bench.sh puts it into BENCHMARKS.md).
 //!
 //! A small harness of its own: each figure is the median of several samples of

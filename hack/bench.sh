@@ -30,7 +30,7 @@ cargo bench --locked --no-run >&2
   echo "| commit | $(git rev-parse --short HEAD 2>/dev/null || echo unknown) |"
   echo "| machine | $(nproc) cores ($cpu), $mem, $(uname -sr) |"
   echo "| toolchain | $(rustc --version) |"
-  echo "| budgets | \`DESIGN.md\`, \"Performance budgets\" |"
+  echo "| budgets | [\`docs/performance.md\`](docs/performance.md) |"
   echo
   cargo bench --locked --bench micro 2>/dev/null
   echo

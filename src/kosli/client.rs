@@ -1,5 +1,5 @@
 //! HTTP to Kosli: bearer auth, our own User-Agent, timeouts, proxies, extra CAs,
-//! and the retries of KOSLI_API.md. Errors keep Kosli's status and message; the
+//! and the retries of docs/kosli-api.md. Errors keep Kosli's status and message; the
 //! token never leaves the Authorization header.
 
 use std::fmt;

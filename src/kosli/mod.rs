@@ -1,4 +1,4 @@
-//! The Kosli HTTP client: reports, environments and asserts (see KOSLI_API.md).
+//! The Kosli HTTP client: reports, environments and asserts (see docs/kosli-api.md).
 
 mod client;
 pub mod retry;

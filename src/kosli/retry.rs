@@ -8,7 +8,7 @@ pub fn is_retryable_status(status: u16) -> bool {
     status == 429 || status == 409 || ((500..600).contains(&status) && status != 501)
 }
 
-/// Exponential backoff with jitter, as KOSLI_API.md asks: from 1 s, capped at 30 s,
+/// Exponential backoff with jitter, as docs/kosli-api.md says: from 1 s, capped at 30 s,
 /// 3 retries by default; `Retry-After` honoured up to `max_retry_after`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RetryPolicy {

@@ -1,5 +1,5 @@
 //! A loopback Kosli that enforces the API contract as strictly as the real one
-//! (KOSLI_API.md): bearer auth, JSON content type, request models that reject
+//! (docs/kosli-api.md): bearer auth, JSON content type, request models that reject
 //! unknown fields, wrong types and malformed digests with a 400 in Kosli's error
 //! shape. It records every request and misbehaves on demand: scripted statuses
 //! (404, 409, 429 with Retry-After, 5xx, non-JSON pages) and slow answers.
