@@ -160,13 +160,13 @@ fn declared_duration(record: Option<&LeaseSpec>) -> Duration {
 
 /// What identifies one version of the record: any write changes it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-struct Fingerprint {
+struct LeaseVersion {
     resource_version: Option<String>,
     holder: Option<String>,
     renew_time: Option<MicroTime>,
 }
 
-impl Fingerprint {
+impl LeaseVersion {
     fn of(lease: Option<&Lease>) -> Self {
         let spec = lease.and_then(|l| l.spec.as_ref());
         Self {
@@ -181,7 +181,7 @@ impl Fingerprint {
 /// the only clock expiry is judged by.
 #[derive(Clone, Debug)]
 struct Observation {
-    seen: Option<Fingerprint>,
+    seen: Option<LeaseVersion>,
     at: Instant,
 }
 
@@ -195,9 +195,9 @@ impl Observation {
 
     /// Records what was read at `now`; the time moves only when the record changed.
     fn observe(&mut self, lease: Option<&Lease>, now: Instant) {
-        let fingerprint = Fingerprint::of(lease);
-        if self.seen.as_ref() != Some(&fingerprint) {
-            self.seen = Some(fingerprint);
+        let version = LeaseVersion::of(lease);
+        if self.seen.as_ref() != Some(&version) {
+            self.seen = Some(version);
             self.at = now;
         }
     }
