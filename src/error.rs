@@ -17,6 +17,33 @@ pub enum Error {
     #[error("invalid configuration: {0}")]
     Config(String),
 
+    /// A config file that cannot be used; the source says where and why.
+    #[error("invalid config file {}", path.display())]
+    InvalidConfigFile {
+        path: PathBuf,
+        #[source]
+        source: Box<Error>,
+    },
+
+    /// Config file text that cannot be used: `problem` names the entry at
+    /// fault ("environments[0]: name is required"); `source` is the YAML or
+    /// entry error behind it, if there is one.
+    #[error("{problem}")]
+    ConfigEntry {
+        problem: String,
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
+
+    /// A duration flag that is not one (`500ms`, `2s`, `5m`, `1h`, seconds).
+    #[error("{text:?} {problem}")]
+    InvalidDuration {
+        text: String,
+        problem: String,
+        #[source]
+        source: Option<std::time::TryFromFloatSecsError>,
+    },
+
     /// A namespace regex that does not compile; `reason` is the regex error's
     /// last line ("unclosed group"), without the multi-line caret diagram.
     #[error("invalid {kind} namespace regex {pattern:?}: {reason}")]
@@ -184,6 +211,9 @@ impl Error {
     pub fn is_usage(&self) -> bool {
         match self {
             Error::Config(_)
+            | Error::InvalidConfigFile { .. }
+            | Error::ConfigEntry { .. }
+            | Error::InvalidDuration { .. }
             | Error::InvalidRegex { .. }
             | Error::InvalidSelector { .. }
             | Error::ReadFile { .. }
