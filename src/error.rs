@@ -6,6 +6,7 @@
 //! ever carries the API token.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 /// Result alias used throughout the crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -15,6 +16,33 @@ pub enum Error {
     /// A setting, flag, config file entry or CRD field that cannot work.
     #[error("invalid configuration: {0}")]
     Config(String),
+
+    /// A config file that cannot be used; the source says where and why.
+    #[error("invalid config file {}", path.display())]
+    InvalidConfigFile {
+        path: PathBuf,
+        #[source]
+        source: Box<Error>,
+    },
+
+    /// Config file text that cannot be used: `problem` names the entry at
+    /// fault ("environments[0]: name is required"); `source` is the YAML or
+    /// entry error behind it, if there is one.
+    #[error("{problem}")]
+    ConfigEntry {
+        problem: String,
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
+
+    /// A duration flag that is not one (`500ms`, `2s`, `5m`, `1h`, seconds).
+    #[error("{text:?} {problem}")]
+    InvalidDuration {
+        text: String,
+        problem: String,
+        #[source]
+        source: Option<std::time::TryFromFloatSecsError>,
+    },
 
     /// A namespace regex that does not compile; `reason` is the regex error's
     /// last line ("unclosed group"), without the multi-line caret diagram.
@@ -32,7 +60,7 @@ pub enum Error {
         message: String,
     },
 
-    #[error("failed to read {}: {source}", path.display())]
+    #[error("failed to read {}", path.display())]
     ReadFile {
         path: PathBuf,
         #[source]
@@ -43,17 +71,47 @@ pub enum Error {
     #[error("failed to parse pod list from {origin}: {message}")]
     PodList { origin: String, message: String },
 
-    /// The Kubernetes client could not be configured.
-    #[error("failed to configure the Kubernetes client: {0}")]
-    KubeConfig(String),
+    /// The Kubernetes client could not be configured; `origin` says from what
+    /// (a kubeconfig path, or the usual inference).
+    #[error("failed to configure the Kubernetes client from {origin}")]
+    KubeConfig {
+        origin: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
 
-    /// Listing pods failed: the environment that needed them is not reported.
-    #[error("failed to list pods {scope}: {source}")]
-    ListPods {
-        scope: String,
+    /// A webhook certificate or key that cannot be served; `problem` names the
+    /// file at fault. Unreadable files carry the I/O error, broken ones the
+    /// TLS library's.
+    #[error("failed to load the webhook certificate: {problem}")]
+    WebhookCertificate {
+        problem: String,
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
+
+    /// A Kubernetes API call failed; `action` says what was asked ("list pods
+    /// in namespace shop"). Listing pods failing fails the environment that
+    /// needed them: it is never reported as fewer pods.
+    #[error("failed to {action}")]
+    Kube {
+        action: String,
         #[source]
         source: Box<kube::Error>,
     },
+
+    /// A local I/O failure at run time: binding a port, installing a signal
+    /// handler. `what` says what was being done ("listen on --http-addr …").
+    #[error("failed to {what}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// The metrics registry refused a metric (a duplicate or invalid name).
+    #[error("failed to set up metrics")]
+    Metrics(#[source] prometheus::Error),
 
     /// Kosli answered with a status other than 200/201.
     #[error("Kosli {method} {path} failed with HTTP {status}: {message}")]
@@ -100,6 +158,18 @@ pub enum Error {
         #[source]
         source: serde_json::Error,
     },
+
+    /// One error seen by every caller that waited on the same in-flight lookup
+    /// (a shared future's output must be `Clone`).
+    #[error(transparent)]
+    Shared(Arc<Error>),
+}
+
+/// Statuses worth retrying: 429, 409 (a transient lock on Kosli's side) and 5xx
+/// except 501 (Not Implemented will not change). Here rather than in
+/// `kosli::retry` so that this module depends on nothing else in the crate.
+pub fn is_retryable_status(status: u16) -> bool {
+    status == 429 || status == 409 || ((500..600).contains(&status) && status != 501)
 }
 
 /// An error and its sources, joined: HTTP client errors say little on their own
@@ -123,14 +193,43 @@ impl Error {
     /// (bad credentials, wrong environment type, invalid input) wait for a change.
     pub fn is_transient(&self) -> bool {
         match self {
-            Error::KosliStatus { status, .. } => crate::kosli::retry::is_retryable_status(*status),
+            Error::KosliStatus { status, .. } => is_retryable_status(*status),
             Error::KosliTransport { certificate, .. } => !certificate,
             // RBAC refusals and bad credentials wait for a change; the rest may pass.
-            Error::ListPods { source, .. } => !matches!(
+            Error::Kube { source, .. } => !matches!(
                 source.as_ref(),
                 kube::Error::Api(status) if status.code == 401 || status.code == 403
             ),
+            Error::Shared(inner) => inner.is_transient(),
             _ => false,
+        }
+    }
+
+    /// Whether the error is the user's input: flags, settings, files, the
+    /// kubeconfig. Commands exit with 2 for these (as clap does for bad flags)
+    /// and with 1 for everything that failed while running.
+    pub fn is_usage(&self) -> bool {
+        match self {
+            Error::Config(_)
+            | Error::InvalidConfigFile { .. }
+            | Error::ConfigEntry { .. }
+            | Error::InvalidDuration { .. }
+            | Error::InvalidRegex { .. }
+            | Error::InvalidSelector { .. }
+            | Error::ReadFile { .. }
+            | Error::PodList { .. }
+            | Error::KubeConfig { .. }
+            | Error::WebhookCertificate { .. } => true,
+            Error::Shared(inner) => inner.is_usage(),
+            Error::Kube { .. }
+            | Error::Io { .. }
+            | Error::Metrics(_)
+            | Error::KosliStatus { .. }
+            | Error::KosliTransport { .. }
+            | Error::EnvironmentType { .. }
+            | Error::KosliDecode { .. }
+            | Error::Registry { .. }
+            | Error::Serialize { .. } => false,
         }
     }
 
@@ -138,6 +237,7 @@ impl Error {
     pub fn retry_after(&self) -> Option<std::time::Duration> {
         match self {
             Error::KosliStatus { retry_after, .. } => *retry_after,
+            Error::Shared(inner) => inner.retry_after(),
             _ => None,
         }
     }
@@ -146,7 +246,40 @@ impl Error {
     pub fn kosli_status(&self) -> Option<u16> {
         match self {
             Error::KosliStatus { status, .. } => Some(*status),
+            Error::Shared(inner) => inner.kosli_status(),
             _ => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usage_is_the_users_input_and_run_time_failures_are_not() {
+        let io = || std::io::Error::from(std::io::ErrorKind::AddrInUse);
+        assert!(Error::Config("x".to_owned()).is_usage());
+        assert!(
+            Error::ReadFile {
+                path: "/x".into(),
+                source: io()
+            }
+            .is_usage()
+        );
+        let bind = Error::Io {
+            what: "listen on --http-addr 0.0.0.0:8080".to_owned(),
+            source: io(),
+        };
+        assert!(!bind.is_usage());
+        assert_eq!(
+            bind.to_string(),
+            "failed to listen on --http-addr 0.0.0.0:8080"
+        );
+        assert!(chain(&bind).starts_with("failed to listen on --http-addr 0.0.0.0:8080: "));
+        assert!(!Error::Metrics(prometheus::Error::Msg("dup".to_owned())).is_usage());
+        let shared = Error::Shared(Arc::new(Error::Config("x".to_owned())));
+        assert!(shared.is_usage());
+        assert_eq!(shared.to_string(), "invalid configuration: x");
     }
 }

@@ -85,15 +85,27 @@ pub fn read_config_file(path: &Path) -> Result<Vec<EnvironmentTarget>> {
         path: path.to_owned(),
         source,
     })?;
-    parse_config(&text).map_err(|e| Error::Config(format!("config file {}: {e}", path.display())))
+    parse_config(&text).map_err(|source| Error::InvalidConfigFile {
+        path: path.to_owned(),
+        source: Box::new(source),
+    })
 }
 
 /// Parses config file text; errors name the entry at fault.
-pub fn parse_config(text: &str) -> Result<Vec<EnvironmentTarget>, String> {
-    let file: ConfigFile = serde_saphyr::from_str(text).map_err(|e| e.to_string())?;
+pub fn parse_config(text: &str) -> Result<Vec<EnvironmentTarget>> {
+    let problem = |problem: String| Error::ConfigEntry {
+        problem,
+        source: None,
+    };
+    let file: ConfigFile = serde_saphyr::from_str(text).map_err(|e| Error::ConfigEntry {
+        problem: "failed to parse".to_owned(),
+        source: Some(Box::new(e)),
+    })?;
     let entries = file.environments.unwrap_or_default();
     if entries.is_empty() {
-        return Err("no environments: list at least one under `environments:`".to_owned());
+        return Err(problem(
+            "no environments: list at least one under `environments:`".to_owned(),
+        ));
     }
     let mut seen: HashMap<String, usize> = HashMap::new();
     entries
@@ -103,11 +115,11 @@ pub fn parse_config(text: &str) -> Result<Vec<EnvironmentTarget>, String> {
             let name = entry
                 .name
                 .filter(|n| !n.trim().is_empty())
-                .ok_or_else(|| format!("environments[{i}]: name is required"))?;
+                .ok_or_else(|| problem(format!("environments[{i}]: name is required")))?;
             if let Some(first) = seen.insert(name.clone(), i) {
-                return Err(format!(
+                return Err(problem(format!(
                     "environments[{first}] and environments[{i}] both report to {name:?}; names must be unique"
-                ));
+                )));
             }
             let lists = NamespaceLists {
                 namespaces: entry.namespaces.unwrap_or_default(),
@@ -115,7 +127,10 @@ pub fn parse_config(text: &str) -> Result<Vec<EnvironmentTarget>, String> {
                 exclude_namespaces: entry.exclude_namespaces.unwrap_or_default(),
                 exclude_namespaces_regex: entry.exclude_namespaces_regex.unwrap_or_default(),
             };
-            single_target(&name, &lists).map_err(|e| format!("environments[{i}] ({name}): {e}"))
+            single_target(&name, &lists).map_err(|e| Error::ConfigEntry {
+                problem: format!("environments[{i}] ({name})"),
+                source: Some(Box::new(e)),
+            })
         })
         .collect()
 }
@@ -125,7 +140,7 @@ mod tests {
     use super::*;
 
     fn err(text: &str) -> String {
-        parse_config(text).unwrap_err()
+        crate::error::chain(&parse_config(text).unwrap_err())
     }
 
     #[test]

@@ -294,27 +294,36 @@ impl GateArgs {
 }
 
 /// `500ms`, `2s`, `5m`, `1h`, or a bare number of seconds.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
+pub fn parse_duration(text: &str) -> crate::error::Result<Duration> {
     let text = text.trim();
+    let invalid = |problem: String| crate::error::Error::InvalidDuration {
+        text: text.to_owned(),
+        problem,
+        source: None,
+    };
     let split = text
         .find(|c: char| !c.is_ascii_digit() && c != '.')
         .unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
     let value: f64 = number
         .parse()
-        .map_err(|_| format!("{text:?} is not a duration (e.g. 500ms, 2s, 5m)"))?;
+        .map_err(|_| invalid("is not a duration (e.g. 500ms, 2s, 5m)".to_owned()))?;
     let seconds = match unit {
         "ms" => value / 1000.0,
         "" | "s" => value,
         "m" => value * 60.0,
         "h" => value * 3600.0,
         _ => {
-            return Err(format!(
-                "{text:?} has an unknown unit {unit:?} (use ms, s, m or h)"
-            ));
+            return Err(invalid(format!(
+                "has an unknown unit {unit:?} (use ms, s, m or h)"
+            )));
         }
     };
-    Duration::try_from_secs_f64(seconds).map_err(|e| format!("{text:?}: {e}"))
+    Duration::try_from_secs_f64(seconds).map_err(|source| crate::error::Error::InvalidDuration {
+        text: text.to_owned(),
+        problem: "is too long".to_owned(),
+        source: Some(source),
+    })
 }
 
 #[cfg(test)]
@@ -323,13 +332,23 @@ mod tests {
 
     #[test]
     fn durations() {
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
-        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
-        assert_eq!(parse_duration("1.5m"), Ok(Duration::from_secs(90)));
-        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        let ok = |text| parse_duration(text).ok();
+        assert_eq!(ok("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(ok("2s"), Some(Duration::from_secs(2)));
+        assert_eq!(ok("3"), Some(Duration::from_secs(3)));
+        assert_eq!(ok("1.5m"), Some(Duration::from_secs(90)));
+        assert_eq!(ok("1h"), Some(Duration::from_secs(3600)));
         assert!(parse_duration("soon").is_err());
         assert!(parse_duration("5d").is_err());
         assert!(parse_duration("").is_err());
+        let err = |text| parse_duration(text).unwrap_err().to_string();
+        assert_eq!(
+            err("soon"),
+            "\"soon\" is not a duration (e.g. 500ms, 2s, 5m)"
+        );
+        assert_eq!(
+            err("5d"),
+            "\"5d\" has an unknown unit \"d\" (use ms, s, m or h)"
+        );
     }
 }

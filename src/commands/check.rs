@@ -3,7 +3,6 @@
 
 use std::process::ExitCode;
 
-use super::EXIT_USAGE;
 use crate::cli::CheckArgs;
 use crate::core::crd::GateMode;
 use crate::gate::decision::{ImageVerdict, Target, answer};
@@ -29,10 +28,7 @@ pub async fn run(args: CheckArgs) -> ExitCode {
         });
     let resolver = match setup {
         Ok(resolver) => resolver,
-        Err(e) => {
-            tracing::error!("{e}");
-            return ExitCode::from(EXIT_USAGE);
-        }
+        Err(e) => return super::fail(&e),
     };
     let credentials = match (&args.registry_username, &args.registry_password) {
         (Some(username), Some(password)) => Some(RegistryCredentials {

@@ -11,7 +11,6 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::EXIT_USAGE;
 use crate::cli::RunArgs;
 use crate::environments::EnvironmentIndex;
 use crate::error::{Error, Result};
@@ -28,24 +27,21 @@ use crate::reporter::{Reporter, ReporterOptions, Wiring};
 pub async fn run(args: RunArgs) -> ExitCode {
     match start(args).await {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e @ (Error::Config(_) | Error::ReadFile { .. })) => {
-            tracing::error!("{e}");
-            ExitCode::from(EXIT_USAGE)
-        }
-        Err(e) => {
-            tracing::error!("{e}");
-            ExitCode::FAILURE
-        }
+        Err(e) => super::fail(&e),
     }
 }
 
 /// Cancels `token` on SIGTERM or SIGINT.
 fn on_signals(token: CancellationToken) -> Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate())
-        .map_err(|e| Error::Config(format!("failed to handle SIGTERM: {e}")))?;
-    let mut int = signal(SignalKind::interrupt())
-        .map_err(|e| Error::Config(format!("failed to handle SIGINT: {e}")))?;
+    let handle = |kind, name: &str| {
+        signal(kind).map_err(|source| Error::Io {
+            what: format!("handle {name}"),
+            source,
+        })
+    };
+    let mut term = handle(SignalKind::terminate(), "SIGTERM")?;
+    let mut int = handle(SignalKind::interrupt(), "SIGINT")?;
     tokio::spawn(async move {
         tokio::select! {
             _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
@@ -66,9 +62,7 @@ fn identity() -> String {
 async fn start(args: RunArgs) -> Result<()> {
     let shutdown = CancellationToken::new();
     on_signals(shutdown.clone())?;
-    let metrics = Arc::new(
-        Metrics::new().map_err(|e| Error::Config(format!("failed to set up metrics: {e}")))?,
-    );
+    let metrics = Arc::new(Metrics::new().map_err(Error::Metrics)?);
     let kosli = if args.dry_run {
         tracing::warn!("dry run: reports are logged, nothing is sent to Kosli");
         None

@@ -8,12 +8,11 @@ use std::io::Write;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use super::EXIT_USAGE;
 use crate::cli::SnapshotArgs;
 use crate::cli::config_file::{self, EnvironmentTarget};
 use crate::core::pod::PodRecord;
 use crate::core::snapshot::{self, Snapshot};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, chain};
 use crate::k8s::client::PodLister;
 use crate::kosli::{EnsureOutcome, KosliClient};
 
@@ -47,27 +46,24 @@ impl PodSource {
 pub async fn run(args: SnapshotArgs) -> ExitCode {
     let targets = match targets(&args) {
         Ok(targets) => targets,
-        Err(e) => return usage_error(&e),
+        Err(e) => return super::fail(&e),
     };
     let kosli = if args.dry_run {
         None
     } else {
         match args.kosli.to_config().and_then(|c| KosliClient::new(&c)) {
             Ok(client) => Some(client),
-            Err(e) => return usage_error(&e),
+            Err(e) => return super::fail(&e),
         }
     };
     let mut source = match &args.from_file {
         Some(path) => match crate::k8s::pod_file::read_pod_list(path) {
             Ok(pods) => PodSource::File(pods),
-            Err(e) => return usage_error(&e),
+            Err(e) => return super::fail(&e),
         },
         None => match crate::k8s::client::client(args.kubeconfig.as_deref()).await {
             Ok(client) => PodSource::Cluster(PodLister::new(client)),
-            Err(e) => {
-                tracing::error!("{e}");
-                return ExitCode::FAILURE;
-            }
+            Err(e) => return super::fail(&e),
         },
     };
 
@@ -92,7 +88,7 @@ pub async fn run(args: SnapshotArgs) -> ExitCode {
         };
         if let Err(e) = outcome {
             failed += 1;
-            tracing::error!(environment = %target.name, "environment not reported: {e}");
+            tracing::error!(environment = %target.name, "environment not reported: {}", chain(&e));
         }
     }
 
@@ -169,9 +165,4 @@ fn print_dry_run(keyed: bool, bodies: &[(String, Vec<u8>)]) -> std::io::Result<(
     let mut stdout = std::io::stdout().lock();
     stdout.write_all(&out)?;
     stdout.flush()
-}
-
-fn usage_error(e: &Error) -> ExitCode {
-    tracing::error!("{e}");
-    ExitCode::from(EXIT_USAGE)
 }

@@ -60,6 +60,29 @@ pub trait ResolverObserver: Send + Sync {
     fn circuit(&self, open: bool);
 }
 
+/// The gate's series in the process metrics. Here, not in `observe`, so that
+/// the lower layer does not depend on the gate.
+impl ResolverObserver for crate::observe::metrics::Metrics {
+    fn cache(&self, cache: &'static str, use_: CacheUse) {
+        let result = match use_ {
+            CacheUse::Hit => "hit",
+            CacheUse::Miss => "miss",
+            CacheUse::Stale => "stale",
+        };
+        self.gate_cache.with_label_values(&[cache, result]).inc();
+    }
+
+    fn lookup(&self, backend: &'static str, elapsed: Duration) {
+        self.lookup_seconds
+            .with_label_values(&[backend])
+            .observe(elapsed.as_secs_f64());
+    }
+
+    fn circuit(&self, open: bool) {
+        self.circuit_open.set(i64::from(open));
+    }
+}
+
 type VerdictKey = (String, String, Vec<String>);
 /// A normalised image reference and the registry user it was resolved as.
 type DigestKey = (String, Option<String>);

@@ -130,17 +130,15 @@ pub async fn serve(
     tls.alpn_protocols = vec![b"http/1.1".to_vec()];
     let acceptor = TlsAcceptor::from(Arc::new(tls));
 
-    let listener = TcpListener::bind(config.addr).await.map_err(|e| {
-        Error::Config(format!(
-            "failed to listen on webhook address {}: {e}",
-            config.addr
-        ))
-    })?;
-    let bound = listener.local_addr().map_err(|e| {
-        Error::Config(format!(
-            "failed to read the bound webhook address {}: {e}",
-            config.addr
-        ))
+    let listener = TcpListener::bind(config.addr)
+        .await
+        .map_err(|source| Error::Io {
+            what: format!("listen on webhook address {}", config.addr),
+            source,
+        })?;
+    let bound = listener.local_addr().map_err(|source| Error::Io {
+        what: format!("read the bound webhook address {}", config.addr),
+        source,
     })?;
     tracing::info!(addr = %bound, "serving the admission webhook (HTTPS)");
 

@@ -23,19 +23,32 @@ const LIST_ATTEMPTS: usize = 3;
 /// `~/.kube/config`, in-cluster service account).
 pub async fn client(kubeconfig: Option<&Path>) -> Result<Client> {
     crate::tls::install_crypto_provider();
-    let config = match kubeconfig {
+    let (config, origin) = match kubeconfig {
         Some(path) => {
-            let kubeconfig = Kubeconfig::read_from(path)
-                .map_err(|e| Error::KubeConfig(format!("{}: {e}", path.display())))?;
-            Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+            let origin = path.display().to_string();
+            let fail = |source: kube::config::KubeconfigError| Error::KubeConfig {
+                origin: origin.clone(),
+                source: Box::new(source),
+            };
+            let kubeconfig = Kubeconfig::read_from(path).map_err(fail)?;
+            let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
                 .await
-                .map_err(|e| Error::KubeConfig(format!("{}: {e}", path.display())))?
+                .map_err(fail)?;
+            (config, origin)
         }
-        None => Config::infer()
-            .await
-            .map_err(|e| Error::KubeConfig(e.to_string()))?,
+        None => {
+            let origin = "KUBECONFIG, ~/.kube/config or the in-cluster service account";
+            let config = Config::infer().await.map_err(|source| Error::KubeConfig {
+                origin: origin.to_owned(),
+                source: Box::new(source),
+            })?;
+            (config, origin.to_owned())
+        }
     };
-    Client::try_from(config).map_err(|e| Error::KubeConfig(e.to_string()))
+    Client::try_from(config).map_err(|source| Error::KubeConfig {
+        origin,
+        source: Box::new(source),
+    })
 }
 
 /// Lists pods once per scope and shares the result between environments.
@@ -91,8 +104,8 @@ impl PodLister {
 
 /// Every page of a LIST, restarting from scratch if the continue token expires.
 async fn list_all(api: &Api<Pod>, scope: &str) -> Result<Vec<PodRecord>> {
-    let fail = |source: kube::Error| Error::ListPods {
-        scope: scope.to_owned(),
+    let fail = |source: kube::Error| Error::Kube {
+        action: format!("list pods {scope}"),
         source: Box::new(source),
     };
     let mut attempt = 0;

@@ -2,11 +2,8 @@
 
 use std::time::Duration;
 
-/// Statuses worth retrying: 429, 409 (a transient lock on Kosli's side) and 5xx
-/// except 501 (Not Implemented will not change).
-pub fn is_retryable_status(status: u16) -> bool {
-    status == 429 || status == 409 || ((500..600).contains(&status) && status != 501)
-}
+/// The rule lives with the error type, which must not depend on this module.
+pub use crate::error::is_retryable_status;
 
 /// Exponential backoff with jitter, as docs/kosli-api.md says: from 1 s, capped at 30 s,
 /// 3 retries by default; `Retry-After` honoured up to `max_retry_after`.

@@ -61,9 +61,10 @@ pub async fn serve(
     health: Arc<dyn Health>,
     shutdown: CancellationToken,
 ) -> Result<tokio::task::JoinHandle<()>> {
-    let listener = TcpListener::bind(addr)
-        .await
-        .map_err(|e| Error::Config(format!("failed to listen on --http-addr {addr}: {e}")))?;
+    let listener = TcpListener::bind(addr).await.map_err(|source| Error::Io {
+        what: format!("listen on --http-addr {addr}"),
+        source,
+    })?;
     tracing::info!(%addr, "serving /metrics, /livez and /readyz");
     Ok(tokio::spawn(async move {
         loop {

@@ -231,27 +231,6 @@ impl Metrics {
     }
 }
 
-impl crate::gate::resolver::ResolverObserver for Metrics {
-    fn cache(&self, cache: &'static str, use_: crate::gate::resolver::CacheUse) {
-        let result = match use_ {
-            crate::gate::resolver::CacheUse::Hit => "hit",
-            crate::gate::resolver::CacheUse::Miss => "miss",
-            crate::gate::resolver::CacheUse::Stale => "stale",
-        };
-        self.gate_cache.with_label_values(&[cache, result]).inc();
-    }
-
-    fn lookup(&self, backend: &'static str, elapsed: Duration) {
-        self.lookup_seconds
-            .with_label_values(&[backend])
-            .observe(elapsed.as_secs_f64());
-    }
-
-    fn circuit(&self, open: bool) {
-        self.circuit_open.set(i64::from(open));
-    }
-}
-
 impl RequestObserver for Metrics {
     fn attempt(&self, operation: &'static str, _status: Option<u16>, elapsed: Duration) {
         self.kosli_request_seconds
