@@ -148,6 +148,14 @@ pub enum Error {
         message: String,
     },
 
+    /// An image reference the gate was asked to check does not parse.
+    #[error("invalid image reference")]
+    InvalidImageReference(#[source] ImageError),
+
+    /// A digest or image ID that cannot serve as a Kosli fingerprint.
+    #[error(transparent)]
+    Image(#[from] ImageError),
+
     /// A registry could not tell the digest of an image.
     #[error("failed to resolve {image}: {message}")]
     Registry { image: String, message: String },
@@ -170,6 +178,58 @@ pub enum Error {
 /// `kosli::retry` so that this module depends on nothing else in the crate.
 pub fn is_retryable_status(status: u16) -> bool {
     status == 429 || status == 409 || ((500..600).contains(&status) && status != 501)
+}
+
+/// Why a reference, digest or image ID cannot be used (parsed in
+/// `core::fingerprint`). A small type of its own, wrapped by `Error::Image`
+/// and `Error::InvalidImageReference`: pod records keep it (why a container is
+/// not reported), so it must be `Clone` and `Eq`, which `Error` (holding I/O
+/// and HTTP errors) cannot be. The texts are those of the snapshot warnings
+/// and the gate's denials: keep them as they are.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ImageError {
+    #[error("{0:?} is not a digest (algorithm:hex)")]
+    NotADigest(String),
+    #[error("{0:?} has an invalid digest algorithm")]
+    DigestAlgorithm(String),
+    #[error("{digest:?} uses the unsupported digest algorithm {algorithm}")]
+    UnsupportedAlgorithm { digest: String, algorithm: String },
+    #[error("{digest:?} is not a valid {algorithm} digest ({want} lowercase hex characters)")]
+    DigestHex {
+        digest: String,
+        algorithm: String,
+        want: usize,
+    },
+    #[error("digest {0} is not sha256, which is what Kosli fingerprints are")]
+    NotSha256(String),
+    #[error("empty image reference")]
+    EmptyReference,
+    #[error("{0:?} is an image ID, not a repository name")]
+    ImageIdAsName(String),
+    #[error("{reference:?} has an invalid tag {tag:?}")]
+    Tag { reference: String, tag: String },
+    #[error("{0:?} is invalid: repository names must be lowercase")]
+    Uppercase(String),
+    #[error("{reference:?} has an invalid registry {registry:?}")]
+    Registry { reference: String, registry: String },
+    #[error("{reference:?} has an invalid repository name {repository:?}")]
+    Repository {
+        reference: String,
+        repository: String,
+    },
+    #[error("{reference:?} is invalid: the repository name is longer than {max} characters")]
+    TooLong { reference: String, max: usize },
+    #[error("empty image ID")]
+    EmptyImageId,
+    #[error("image ID {0:?} has no digest")]
+    NoDigest(String),
+    /// The source is in the text too: the warnings have always said it.
+    #[error("unparseable image ID {image_id:?}: {source}")]
+    UnparseableImageId {
+        image_id: String,
+        #[source]
+        source: Box<ImageError>,
+    },
 }
 
 /// An error and its sources, joined: HTTP client errors say little on their own
@@ -229,6 +289,8 @@ impl Error {
             | Error::EnvironmentType { .. }
             | Error::KosliDecode { .. }
             | Error::Registry { .. }
+            | Error::InvalidImageReference(_)
+            | Error::Image(_)
             | Error::Serialize { .. } => false,
         }
     }

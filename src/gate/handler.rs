@@ -272,8 +272,10 @@ impl Inner {
                 .await
             {
                 Ok(Ok(digest)) => digest,
-                Ok(Err(why)) => {
-                    let verdict = ImageVerdict::Unresolvable { why };
+                Ok(Err(e)) => {
+                    let verdict = ImageVerdict::Unresolvable {
+                        why: crate::error::chain(&e),
+                    };
                     return targets
                         .iter()
                         .map(|t| (t.clone(), image.to_owned(), verdict.clone()))
