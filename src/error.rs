@@ -83,7 +83,7 @@ pub enum Error {
     /// A webhook certificate or key that cannot be served; `problem` names the
     /// file at fault. Unreadable files carry the I/O error, broken ones the
     /// TLS library's.
-    #[error("failed to load the webhook certificate: {problem}")]
+    #[error("webhook TLS: {problem}")]
     WebhookCertificate {
         problem: String,
         #[source]
