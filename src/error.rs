@@ -156,6 +156,28 @@ pub enum Error {
     #[error(transparent)]
     Image(#[from] ImageError),
 
+    /// An admission request body that is not a usable AdmissionReview; the
+    /// API server gets `problem` and the source as a 400 answer.
+    #[error("{problem}")]
+    InvalidReview {
+        problem: &'static str,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+
+    /// A break-glass annotation that is not honoured; `problem` says why
+    /// (a workload warning, not a failure).
+    #[error("{problem}")]
+    BreakGlass {
+        problem: String,
+        #[source]
+        source: Option<jiff::Error>,
+    },
+
+    /// A pull secret whose `.dockerconfigjson` does not parse.
+    #[error("invalid .dockerconfigjson")]
+    DockerConfig(#[source] serde_json::Error),
+
     /// A registry could not tell the digest of an image.
     #[error("failed to resolve {image}: {message}")]
     Registry { image: String, message: String },
@@ -290,6 +312,9 @@ impl Error {
             | Error::KosliDecode { .. }
             | Error::Registry { .. }
             | Error::InvalidImageReference(_)
+            | Error::InvalidReview { .. }
+            | Error::BreakGlass { .. }
+            | Error::DockerConfig(_)
             | Error::Image(_)
             | Error::Serialize { .. } => false,
         }
