@@ -160,7 +160,9 @@ impl TokenSource {
                             *current = fresh;
                         }
                         // Mid-rotation the file can be briefly empty: keep the last good token.
-                        Err(e) => tracing::warn!("keeping the previous Kosli API token: {e}"),
+                        Err(e) => {
+                            tracing::warn!("keeping the previous Kosli API token: {}", chain(&e))
+                        }
                     }
                 }
                 Ok(current.2.clone())
