@@ -241,6 +241,8 @@ pub enum ImageError {
     },
     #[error("{reference:?} is invalid: the repository name is longer than {max} characters")]
     TooLong { reference: String, max: usize },
+    #[error("{0:?} is not a sha256 fingerprint (64 lowercase hex characters)")]
+    NotAFingerprint(String),
     #[error("empty image ID")]
     EmptyImageId,
     #[error("image ID {0:?} has no digest")]

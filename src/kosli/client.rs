@@ -14,7 +14,7 @@ use serde::de::DeserializeOwned;
 
 use super::retry::{self, RetryPolicy};
 use super::types::{AssertOutcome, AssertResponse, CreateEnvironment, Environment};
-use crate::error::{Error, Result, chain};
+use crate::error::{Error, ImageError, Result, chain};
 
 /// The User-Agent every request carries.
 pub const USER_AGENT: &str = concat!("kosli-operator/", env!("CARGO_PKG_VERSION"));
@@ -345,9 +345,7 @@ impl KosliClient {
         policies: &[String],
     ) -> Result<AssertOutcome> {
         if !crate::core::fingerprint::is_sha256_hex(fingerprint) {
-            return Err(Error::Config(format!(
-                "{fingerprint:?} is not a sha256 fingerprint (64 lowercase hex characters)"
-            )));
+            return Err(ImageError::NotAFingerprint(fingerprint.to_owned()).into());
         }
         let path = ["asserts", &self.org, "fingerprint", fingerprint];
         let mut query: Vec<(&str, &str)> = Vec::new();
