@@ -139,8 +139,13 @@ fn read_token_file(path: &Path) -> Result<(Option<SystemTime>, u64, HeaderValue)
     };
     let meta = std::fs::metadata(path).map_err(read_error)?;
     let token = std::fs::read_to_string(path).map_err(read_error)?;
-    let header = bearer(&ApiToken::new(token))
-        .map_err(|e| Error::Config(format!("token file {}: {e}", path.display())))?;
+    let header = bearer(&ApiToken::new(token)).map_err(|e| match e {
+        // Not "invalid configuration: token file …: invalid configuration: …".
+        Error::Config(message) => {
+            Error::Config(format!("token file {}: {message}", path.display()))
+        }
+        other => other,
+    })?;
     Ok((meta.modified().ok(), meta.len(), header))
 }
 
