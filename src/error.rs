@@ -1,9 +1,14 @@
 //! The one error type of the crate.
 //!
 //! Messages read "failed to …" and name what was being done; the source error is
-//! carried, not repeated. Kosli errors keep the HTTP status and Kosli's own message
-//! because they end up in status conditions, logs and exit messages. No variant
-//! ever carries the API token.
+//! carried, not repeated: the CLI and logs print [`chain`]. Kosli errors keep the
+//! HTTP status and Kosli's own message because they end up in status conditions,
+//! logs and exit messages. No variant ever carries the API token.
+//!
+//! Kinds: the user's input ([`Error::is_usage`]: flags, settings, files, the
+//! kubeconfig, the webhook certificate), Kubernetes API calls, Kosli, registries,
+//! images, admission requests, local I/O and metrics set-up. This module depends
+//! on nothing else in the crate, so every layer may use it.
 
 use std::path::PathBuf;
 use std::sync::Arc;
