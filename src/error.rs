@@ -31,7 +31,7 @@ pub enum Error {
     },
 
     /// Config file text that cannot be used: `problem` names the entry at
-    /// fault ("environments[0]: name is required"); `source` is the YAML or
+    /// fault (`environments[0]: name is required`); `source` is the YAML or
     /// entry error behind it, if there is one.
     #[error("{problem}")]
     ConfigEntry {
