@@ -1,9 +1,14 @@
 //! The one error type of the crate.
 //!
 //! Messages read "failed to …" and name what was being done; the source error is
-//! carried, not repeated. Kosli errors keep the HTTP status and Kosli's own message
-//! because they end up in status conditions, logs and exit messages. No variant
-//! ever carries the API token.
+//! carried, not repeated: the CLI and logs print [`chain`]. Kosli errors keep the
+//! HTTP status and Kosli's own message because they end up in status conditions,
+//! logs and exit messages. No variant ever carries the API token.
+//!
+//! Kinds: the user's input ([`Error::is_usage`]: flags, settings, files, the
+//! kubeconfig, the webhook certificate), Kubernetes API calls, Kosli, registries,
+//! images, admission requests, local I/O and metrics set-up. This module depends
+//! on nothing else in the crate, so every layer may use it.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -26,7 +31,7 @@ pub enum Error {
     },
 
     /// Config file text that cannot be used: `problem` names the entry at
-    /// fault ("environments[0]: name is required"); `source` is the YAML or
+    /// fault (`environments[0]: name is required`); `source` is the YAML or
     /// entry error behind it, if there is one.
     #[error("{problem}")]
     ConfigEntry {
@@ -83,7 +88,7 @@ pub enum Error {
     /// A webhook certificate or key that cannot be served; `problem` names the
     /// file at fault. Unreadable files carry the I/O error, broken ones the
     /// TLS library's.
-    #[error("failed to load the webhook certificate: {problem}")]
+    #[error("webhook TLS: {problem}")]
     WebhookCertificate {
         problem: String,
         #[source]
@@ -148,6 +153,36 @@ pub enum Error {
         message: String,
     },
 
+    /// An image reference the gate was asked to check does not parse.
+    #[error("invalid image reference")]
+    InvalidImageReference(#[source] ImageError),
+
+    /// A digest or image ID that cannot serve as a Kosli fingerprint.
+    #[error(transparent)]
+    Image(#[from] ImageError),
+
+    /// An admission request body that is not a usable AdmissionReview; the
+    /// API server gets `problem` and the source as a 400 answer.
+    #[error("{problem}")]
+    InvalidReview {
+        problem: &'static str,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+
+    /// A break-glass annotation that is not honoured; `problem` says why
+    /// (a workload warning, not a failure).
+    #[error("{problem}")]
+    BreakGlass {
+        problem: String,
+        #[source]
+        source: Option<jiff::Error>,
+    },
+
+    /// A pull secret whose `.dockerconfigjson` does not parse.
+    #[error("invalid .dockerconfigjson")]
+    DockerConfig(#[source] serde_json::Error),
+
     /// A registry could not tell the digest of an image.
     #[error("failed to resolve {image}: {message}")]
     Registry { image: String, message: String },
@@ -170,6 +205,60 @@ pub enum Error {
 /// `kosli::retry` so that this module depends on nothing else in the crate.
 pub fn is_retryable_status(status: u16) -> bool {
     status == 429 || status == 409 || ((500..600).contains(&status) && status != 501)
+}
+
+/// Why a reference, digest or image ID cannot be used (parsed in
+/// `core::fingerprint`). A small type of its own, wrapped by `Error::Image`
+/// and `Error::InvalidImageReference`: pod records keep it (why a container is
+/// not reported), so it must be `Clone` and `Eq`, which `Error` (holding I/O
+/// and HTTP errors) cannot be. The texts are those of the snapshot warnings
+/// and the gate's denials: keep them as they are.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ImageError {
+    #[error("{0:?} is not a digest (algorithm:hex)")]
+    NotADigest(String),
+    #[error("{0:?} has an invalid digest algorithm")]
+    DigestAlgorithm(String),
+    #[error("{digest:?} uses the unsupported digest algorithm {algorithm}")]
+    UnsupportedAlgorithm { digest: String, algorithm: String },
+    #[error("{digest:?} is not a valid {algorithm} digest ({want} lowercase hex characters)")]
+    DigestHex {
+        digest: String,
+        algorithm: String,
+        want: usize,
+    },
+    #[error("digest {0} is not sha256, which is what Kosli fingerprints are")]
+    NotSha256(String),
+    #[error("empty image reference")]
+    EmptyReference,
+    #[error("{0:?} is an image ID, not a repository name")]
+    ImageIdAsName(String),
+    #[error("{reference:?} has an invalid tag {tag:?}")]
+    Tag { reference: String, tag: String },
+    #[error("{0:?} is invalid: repository names must be lowercase")]
+    Uppercase(String),
+    #[error("{reference:?} has an invalid registry {registry:?}")]
+    Registry { reference: String, registry: String },
+    #[error("{reference:?} has an invalid repository name {repository:?}")]
+    Repository {
+        reference: String,
+        repository: String,
+    },
+    #[error("{reference:?} is invalid: the repository name is longer than {max} characters")]
+    TooLong { reference: String, max: usize },
+    #[error("{0:?} is not a sha256 fingerprint (64 lowercase hex characters)")]
+    NotAFingerprint(String),
+    #[error("empty image ID")]
+    EmptyImageId,
+    #[error("image ID {0:?} has no digest")]
+    NoDigest(String),
+    /// The source is in the text too: the warnings have always said it.
+    #[error("unparseable image ID {image_id:?}: {source}")]
+    UnparseableImageId {
+        image_id: String,
+        #[source]
+        source: Box<ImageError>,
+    },
 }
 
 /// An error and its sources, joined: HTTP client errors say little on their own
@@ -229,6 +318,11 @@ impl Error {
             | Error::EnvironmentType { .. }
             | Error::KosliDecode { .. }
             | Error::Registry { .. }
+            | Error::InvalidImageReference(_)
+            | Error::InvalidReview { .. }
+            | Error::BreakGlass { .. }
+            | Error::DockerConfig(_)
+            | Error::Image(_)
             | Error::Serialize { .. } => false,
         }
     }

@@ -182,6 +182,7 @@ async fn a_digest_in_the_reference_needs_no_registry_and_a_bad_reference_is_unre
         r.fingerprint("Not A Reference", None)
             .await
             .unwrap_err()
+            .to_string()
             .contains("invalid image reference")
     );
     let closed = support::closed_loopback_url();
@@ -191,6 +192,7 @@ async fn a_digest_in_the_reference_needs_no_registry_and_a_bad_reference_is_unre
             None,
         )
         .await
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("failed to reach"), "{err}");
 }

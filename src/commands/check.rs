@@ -45,7 +45,9 @@ pub async fn run(args: CheckArgs) -> ExitCode {
                 .verdict(&digest, &environment, &args.policies)
                 .await
         }
-        Err(why) => ImageVerdict::Unresolvable { why },
+        Err(e) => ImageVerdict::Unresolvable {
+            why: crate::error::chain(&e),
+        },
     };
     let target = Target {
         object: String::new(),

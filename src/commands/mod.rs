@@ -45,3 +45,25 @@ pub async fn run(cli: Cli) -> ExitCode {
         },
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usage_exits_2_and_run_time_failures_exit_1() {
+        let io = || std::io::Error::from(std::io::ErrorKind::AddrInUse);
+        let usage = Error::ReadFile {
+            path: "/x".into(),
+            source: io(),
+        };
+        assert_eq!(exit_code(&usage), ExitCode::from(EXIT_USAGE));
+        let bind = Error::Io {
+            what: "listen on --http-addr 127.0.0.1:8080".to_owned(),
+            source: io(),
+        };
+        assert_eq!(exit_code(&bind), ExitCode::FAILURE);
+        let metrics = Error::Metrics(prometheus::Error::AlreadyReg);
+        assert_eq!(exit_code(&metrics), ExitCode::FAILURE);
+    }
+}

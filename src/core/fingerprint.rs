@@ -33,6 +33,10 @@ static DIGEST_ALGORITHM: LazyLock<Regex> =
 
 const MAX_NAME_LEN: usize = 255;
 
+/// Why a reference, digest or image ID cannot be used (defined with the
+/// crate's error type, which depends on nothing).
+pub use crate::error::ImageError;
+
 /// A content digest such as `sha256:<64 hex>`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Digest {
@@ -43,27 +47,30 @@ pub struct Digest {
 impl Digest {
     /// Parses `algorithm:hex`, validating the encoded part of the algorithms
     /// registries use (sha256, sha384, sha512).
-    pub fn parse(s: &str) -> Result<Self, String> {
+    pub fn parse(s: &str) -> Result<Self, ImageError> {
         let (algorithm, hex) = s
             .split_once(':')
-            .ok_or_else(|| format!("{s:?} is not a digest (algorithm:hex)"))?;
+            .ok_or_else(|| ImageError::NotADigest(s.to_owned()))?;
         if !DIGEST_ALGORITHM.is_match(algorithm) {
-            return Err(format!("{s:?} has an invalid digest algorithm"));
+            return Err(ImageError::DigestAlgorithm(s.to_owned()));
         }
         let want = match algorithm {
             "sha256" => 64,
             "sha384" => 96,
             "sha512" => 128,
             other => {
-                return Err(format!(
-                    "{s:?} uses the unsupported digest algorithm {other}"
-                ));
+                return Err(ImageError::UnsupportedAlgorithm {
+                    digest: s.to_owned(),
+                    algorithm: other.to_owned(),
+                });
             }
         };
         if hex.len() != want || !hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
-            return Err(format!(
-                "{s:?} is not a valid {algorithm} digest ({want} lowercase hex characters)"
-            ));
+            return Err(ImageError::DigestHex {
+                digest: s.to_owned(),
+                algorithm: algorithm.to_owned(),
+                want,
+            });
         }
         Ok(Digest {
             algorithm: algorithm.to_owned(),
@@ -72,13 +79,11 @@ impl Digest {
     }
 
     /// The Kosli fingerprint: the hex of a sha256 digest.
-    pub fn sha256_hex(&self) -> Result<&str, String> {
+    pub fn sha256_hex(&self) -> Result<&str, ImageError> {
         if self.algorithm == "sha256" {
             Ok(&self.hex)
         } else {
-            Err(format!(
-                "digest {self} is not sha256, which is what Kosli fingerprints are"
-            ))
+            Err(ImageError::NotSha256(self.to_string()))
         }
     }
 }
@@ -104,14 +109,12 @@ impl ImageRef {
     /// Parses and normalises a reference the way container runtimes do
     /// (`nginx` -> `docker.io/library/nginx`). A bare 64-hex string is refused:
     /// it is an image ID, not a repository.
-    pub fn parse(reference: &str) -> Result<Self, String> {
+    pub fn parse(reference: &str) -> Result<Self, ImageError> {
         if reference.is_empty() {
-            return Err("empty image reference".to_owned());
+            return Err(ImageError::EmptyReference);
         }
         if HEX64.is_match(reference) {
-            return Err(format!(
-                "{reference:?} is an image ID, not a repository name"
-            ));
+            return Err(ImageError::ImageIdAsName(reference.to_owned()));
         }
         let (rest, digest) = match reference.split_once('@') {
             Some((rest, digest)) => (rest, Some(Digest::parse(digest)?)),
@@ -126,23 +129,26 @@ impl ImageRef {
         if let Some(tag) = tag
             && !TAG.is_match(tag)
         {
-            return Err(format!("{reference:?} has an invalid tag {tag:?}"));
+            return Err(ImageError::Tag {
+                reference: reference.to_owned(),
+                tag: tag.to_owned(),
+            });
         }
         let (registry, repository) = split_registry(name);
         if repository.to_lowercase() != repository {
-            return Err(format!(
-                "{reference:?} is invalid: repository names must be lowercase"
-            ));
+            return Err(ImageError::Uppercase(reference.to_owned()));
         }
         if !DOMAIN.is_match(registry) {
-            return Err(format!(
-                "{reference:?} has an invalid registry {registry:?}"
-            ));
+            return Err(ImageError::Registry {
+                reference: reference.to_owned(),
+                registry: registry.to_owned(),
+            });
         }
         if repository.is_empty() || !repository.split('/').all(|c| PATH_COMPONENT.is_match(c)) {
-            return Err(format!(
-                "{reference:?} has an invalid repository name {repository:?}"
-            ));
+            return Err(ImageError::Repository {
+                reference: reference.to_owned(),
+                repository: repository.to_owned(),
+            });
         }
         let repository = if registry == DOCKER_HUB && !repository.contains('/') {
             format!("library/{repository}")
@@ -150,9 +156,10 @@ impl ImageRef {
             repository.to_owned()
         };
         if registry.len() + 1 + repository.len() > MAX_NAME_LEN {
-            return Err(format!(
-                "{reference:?} is invalid: the repository name is longer than {MAX_NAME_LEN} characters"
-            ));
+            return Err(ImageError::TooLong {
+                reference: reference.to_owned(),
+                max: MAX_NAME_LEN,
+            });
         }
         Ok(ImageRef {
             registry: registry.to_owned(),
@@ -217,7 +224,7 @@ pub enum AnyReference {
 }
 
 impl AnyReference {
-    pub fn parse(s: &str) -> Result<Self, String> {
+    pub fn parse(s: &str) -> Result<Self, ImageError> {
         if HEX64.is_match(s) {
             return Ok(AnyReference::Digest(Digest {
                 algorithm: "sha256".to_owned(),
@@ -271,9 +278,9 @@ pub struct Fingerprint {
 /// use: `repo@sha256:…` (containerd, CRI-O), `docker-pullable://repo@sha256:…`,
 /// `docker://sha256:…`, `sha256:…` and bare 64-hex IDs. The error says why an
 /// imageID is unusable (empty, no digest, not sha256, malformed).
-pub fn parse_image_id(image_id: &str) -> Result<Fingerprint, String> {
+pub fn parse_image_id(image_id: &str) -> Result<Fingerprint, ImageError> {
     if image_id.is_empty() {
-        return Err("empty image ID".to_owned());
+        return Err(ImageError::EmptyImageId);
     }
     let trimmed = trim_runtime_prefix(image_id);
     let (digest, kind) = match AnyReference::parse(trimmed) {
@@ -283,9 +290,14 @@ pub fn parse_image_id(image_id: &str) -> Result<Fingerprint, String> {
             ..
         })) => (digest, FingerprintKind::RegistryDigest),
         Ok(AnyReference::Named(_)) => {
-            return Err(format!("image ID {trimmed:?} has no digest"));
+            return Err(ImageError::NoDigest(trimmed.to_owned()));
         }
-        Err(e) => return Err(format!("unparseable image ID {trimmed:?}: {e}")),
+        Err(e) => {
+            return Err(ImageError::UnparseableImageId {
+                image_id: trimmed.to_owned(),
+                source: Box::new(e),
+            });
+        }
     };
     Ok(Fingerprint {
         hex: digest.sha256_hex()?.to_owned(),
@@ -353,22 +365,11 @@ mod tests {
 
     #[test]
     fn image_id_unusable_forms_say_why() {
-        assert_eq!(parse_image_id("").unwrap_err(), "empty image ID");
-        assert!(
-            parse_image_id("docker.io/library/nginx:1.25")
-                .unwrap_err()
-                .contains("has no digest")
-        );
-        assert!(
-            parse_image_id(&format!("sha512:{HEX}{HEX}"))
-                .unwrap_err()
-                .contains("not sha256")
-        );
-        assert!(
-            parse_image_id("sha256:abc")
-                .unwrap_err()
-                .contains("unparseable")
-        );
+        let err = |id: &str| parse_image_id(id).unwrap_err().to_string();
+        assert_eq!(err(""), "empty image ID");
+        assert!(err("docker.io/library/nginx:1.25").contains("has no digest"));
+        assert!(err(&format!("sha512:{HEX}{HEX}")).contains("not sha256"));
+        assert!(err("sha256:abc").contains("unparseable"));
         let upper = HEX.to_uppercase();
         assert!(parse_image_id(&format!("sha256:{upper}")).is_err());
         assert!(parse_image_id(&format!("nginx@sha256:{}", &HEX[..63])).is_err());

@@ -47,7 +47,7 @@ pub struct ContainerRecord {
     pub name: String,
     /// The reported image, or why the container cannot be reported. Worked out
     /// once when the pod is decoded, not at every report that includes it.
-    pub image: Result<ReportedImage, String>,
+    pub image: Result<ReportedImage, fingerprint::ImageError>,
 }
 
 impl ContainerRecord {

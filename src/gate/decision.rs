@@ -8,6 +8,7 @@ use kube::core::admission::Operation;
 use super::workload::Workload;
 use super::{BREAK_GLASS_ANNOTATION, BREAK_GLASS_MAX};
 use crate::core::crd::GateMode;
+use crate::error::Error;
 use crate::kosli::AssertResponse;
 
 /// A KosliEnvironment whose gate covers the workload.
@@ -58,23 +59,30 @@ pub struct Plan {
 pub fn break_glass(
     workload: &Workload,
     now: jiff::Timestamp,
-) -> Option<Result<jiff::Timestamp, String>> {
+) -> Option<Result<jiff::Timestamp, Error>> {
     let value = workload.annotations.get(BREAK_GLASS_ANNOTATION)?;
+    let ignored = |problem: String| Error::BreakGlass {
+        problem,
+        source: None,
+    };
     let until: jiff::Timestamp = match value.parse() {
         Ok(t) => t,
         Err(e) => {
-            return Some(Err(format!(
-                "{BREAK_GLASS_ANNOTATION} {value:?} is not an RFC 3339 time: {e}"
-            )));
+            return Some(Err(Error::BreakGlass {
+                problem: format!("{BREAK_GLASS_ANNOTATION} {value:?} is not an RFC 3339 time"),
+                source: Some(e),
+            }));
         }
     };
     let max = jiff::SignedDuration::try_from(BREAK_GLASS_MAX).unwrap_or(jiff::SignedDuration::ZERO);
     Some(if until <= now {
-        Err(format!("{BREAK_GLASS_ANNOTATION} expired at {until}"))
+        Err(ignored(format!(
+            "{BREAK_GLASS_ANNOTATION} expired at {until}"
+        )))
     } else if until.duration_since(now) > max {
-        Err(format!(
+        Err(ignored(format!(
             "{BREAK_GLASS_ANNOTATION} {until} is more than 24 h ahead; it is not honoured"
-        ))
+        )))
     } else {
         Ok(until)
     })

@@ -111,9 +111,9 @@ impl Inner {
 
     async fn review(&self, body: &[u8]) -> Result<Vec<u8>, ReviewRejection> {
         let started = Instant::now();
-        let (request, workload) = parse_review(body).map_err(|message| ReviewRejection {
+        let (request, workload) = parse_review(body).map_err(|e| ReviewRejection {
             status: 400,
-            message,
+            message: crate::error::chain(&e),
         })?;
         let deadline = started + self.options.deadline;
         let (answer, mode, decision) = self.decide(&workload, deadline).await;
@@ -183,9 +183,10 @@ impl Inner {
             .check(workload, &plan.images, &plan.targets, deadline)
             .await;
         if let Some(Err(ignored)) = decision::break_glass(workload, now) {
-            answer
-                .warnings
-                .push(format!("break-glass not honoured: {ignored}"));
+            answer.warnings.push(format!(
+                "break-glass not honoured: {}",
+                crate::error::chain(&ignored)
+            ));
         }
         let label = match (answer.allowed, answer.failures.is_empty()) {
             (false, _) => "denied",
@@ -272,8 +273,10 @@ impl Inner {
                 .await
             {
                 Ok(Ok(digest)) => digest,
-                Ok(Err(why)) => {
-                    let verdict = ImageVerdict::Unresolvable { why };
+                Ok(Err(e)) => {
+                    let verdict = ImageVerdict::Unresolvable {
+                        why: crate::error::chain(&e),
+                    };
                     return targets
                         .iter()
                         .map(|t| (t.clone(), image.to_owned(), verdict.clone()))

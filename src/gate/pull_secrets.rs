@@ -35,10 +35,12 @@ fn registry_key(key: &str) -> String {
 }
 
 /// Registry -> credentials, from the bytes of a `.dockerconfigjson`.
-pub fn parse_docker_config(bytes: &[u8]) -> Result<BTreeMap<String, RegistryCredentials>, String> {
+pub fn parse_docker_config(
+    bytes: &[u8],
+) -> crate::error::Result<BTreeMap<String, RegistryCredentials>> {
     use base64::Engine as _;
     let config: DockerConfig =
-        serde_json::from_slice(bytes).map_err(|e| format!("invalid .dockerconfigjson: {e}"))?;
+        serde_json::from_slice(bytes).map_err(crate::error::Error::DockerConfig)?;
     let mut out = BTreeMap::new();
     for (key, auth) in config.auths {
         let pair = match (auth.username, auth.password, auth.auth) {
@@ -107,7 +109,7 @@ pub async fn credentials(
                     out.entry(registry).or_insert(creds);
                 }
             }
-            Err(e) => tracing::warn!(namespace, secret = %name, "{e}"),
+            Err(e) => tracing::warn!(namespace, secret = %name, "{}", crate::error::chain(&e)),
         }
     }
     out

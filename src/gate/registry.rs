@@ -213,8 +213,11 @@ impl RegistryClient {
         } else {
             "https"
         };
-        Url::parse(&format!("{scheme}://{host}/"))
-            .map_err(|e| Error::Config(format!("invalid registry {registry:?}: {e}")))
+        // The registry comes from an image reference, not from our settings.
+        Url::parse(&format!("{scheme}://{host}/")).map_err(|e| Error::Registry {
+            image: registry.to_owned(),
+            message: format!("invalid registry {registry:?}: {e}"),
+        })
     }
 
     fn manifest_url(&self, image: &ImageRef, reference: &str) -> Result<Url> {

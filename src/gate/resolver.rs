@@ -16,6 +16,7 @@ use futures::future::{BoxFuture, Shared};
 
 use super::decision::{ImageVerdict, reasons};
 use crate::core::fingerprint::ImageRef;
+use crate::error::{Error, Result, chain};
 use crate::gate::registry::{RegistryClient, RegistryCredentials};
 use crate::kosli::{AssertOutcome, KosliClient};
 
@@ -86,8 +87,9 @@ impl ResolverObserver for crate::observe::metrics::Metrics {
 type VerdictKey = (String, String, Vec<String>);
 /// A normalised image reference and the registry user it was resolved as.
 type DigestKey = (String, Option<String>);
-type SharedAssert = Shared<BoxFuture<'static, Result<AssertOutcome, String>>>;
-type SharedDigest = Shared<BoxFuture<'static, Result<String, String>>>;
+// A shared future's output is cloned to every waiter: the error goes in an Arc.
+type SharedAssert = Shared<BoxFuture<'static, Result<AssertOutcome, Arc<Error>>>>;
+type SharedDigest = Shared<BoxFuture<'static, Result<String, Arc<Error>>>>;
 
 #[derive(Clone, Debug)]
 struct CachedVerdict {
@@ -156,11 +158,10 @@ impl Resolver {
         &self,
         image: &str,
         credentials: Option<RegistryCredentials>,
-    ) -> Result<String, String> {
-        let reference =
-            ImageRef::parse(image).map_err(|e| format!("invalid image reference: {e}"))?;
+    ) -> Result<String> {
+        let reference = ImageRef::parse(image).map_err(Error::InvalidImageReference)?;
         if let Some(digest) = &reference.digest {
-            return digest.sha256_hex().map(str::to_owned);
+            return Ok(digest.sha256_hex()?.to_owned());
         }
         let key = (
             reference.to_string(),
@@ -187,8 +188,8 @@ impl Resolver {
                             o.lookup("registry", started.elapsed());
                         }
                         result
-                            .map_err(|e| e.to_string())
-                            .and_then(|d| d.sha256_hex().map(str::to_owned))
+                            .and_then(|d| Ok(d.sha256_hex()?.to_owned()))
+                            .map_err(Arc::new)
                     }
                     .boxed()
                     .shared()
@@ -206,10 +207,14 @@ impl Resolver {
             Err(e) => match cached {
                 Some((digest, _)) => {
                     self.cache_use("digest", CacheUse::Stale);
-                    tracing::warn!(image, "registry failed, using the last known digest: {e}");
+                    tracing::warn!(
+                        image,
+                        "registry failed, using the last known digest: {}",
+                        chain(&*e)
+                    );
                     Ok(digest)
                 }
-                None => Err(e),
+                None => Err(Error::Shared(e)),
             },
         }
     }
@@ -259,7 +264,7 @@ impl Resolver {
                         if let Some(o) = &observer {
                             o.lookup("kosli", started.elapsed());
                         }
-                        result.map_err(|e| e.to_string())
+                        result.map_err(Arc::new)
                     }
                     .boxed()
                     .shared()
@@ -299,7 +304,7 @@ impl Resolver {
             }
             Err(e) => {
                 self.breaker_failure();
-                self.unreachable(&key, e)
+                self.unreachable(&key, chain(&*e))
             }
         }
     }

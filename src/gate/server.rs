@@ -32,7 +32,7 @@ use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, chain};
 
 /// The API server refuses request bodies over 3 MiB itself, so a larger
 /// AdmissionReview cannot come from it.
@@ -114,15 +114,16 @@ pub async fn serve(
         cert_file: config.cert_file.clone(),
         key_file: config.key_file.clone(),
     };
-    let contents = files.read().await.map_err(Error::Config)?;
-    let key = files
-        .parse(&provider, &contents)
-        .map_err(|e| Error::Config(format!("webhook TLS: {e}")))?;
+    let contents = files.read().await?;
+    let key = files.parse(&provider, &contents)?;
     let resolver = Arc::new(ReloadingCert(RwLock::new(Arc::new(key))));
 
     let mut tls = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| Error::Config(format!("webhook TLS: {e}")))?
+        .map_err(|e| Error::WebhookCertificate {
+            problem: "no usable protocol version".to_owned(),
+            source: Some(Box::new(e)),
+        })?
         .with_no_client_auth()
         .with_cert_resolver(resolver.clone());
     // Only HTTP/1.1 is served; advertising it makes a client that offers h2
@@ -474,13 +475,16 @@ struct CertContents {
 }
 
 impl CertFiles {
-    async fn read(&self) -> Result<CertContents, String> {
+    async fn read(&self) -> Result<CertContents> {
         let read = |path: &Path, what: &'static str| {
             let path = path.to_path_buf();
             async move {
-                tokio::fs::read(&path).await.map_err(|e| {
-                    format!("failed to read webhook {what} file {}: {e}", path.display())
-                })
+                tokio::fs::read(&path)
+                    .await
+                    .map_err(|e| Error::WebhookCertificate {
+                        problem: format!("failed to read webhook {what} file {}", path.display()),
+                        source: Some(Box::new(e)),
+                    })
             }
         };
         Ok(CertContents {
@@ -491,30 +495,40 @@ impl CertFiles {
 
     /// A certificate chain and the key that belongs to its leaf; the errors
     /// name the file at fault.
-    fn parse(
-        &self,
-        provider: &CryptoProvider,
-        contents: &CertContents,
-    ) -> Result<CertifiedKey, String> {
+    fn parse(&self, provider: &CryptoProvider, contents: &CertContents) -> Result<CertifiedKey> {
         let (cert_file, key_file) = (self.cert_file.display(), self.key_file.display());
         let chain = CertificateDer::pem_slice_iter(&contents.cert)
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| format!("invalid PEM in certificate file {cert_file}: {e}"))?;
+            .map_err(|e| unusable(format!("invalid PEM in certificate file {cert_file}"), e))?;
         if chain.is_empty() {
-            return Err(format!("no certificate in certificate file {cert_file}"));
+            return Err(Error::WebhookCertificate {
+                problem: format!("no certificate in certificate file {cert_file}"),
+                source: None,
+            });
         }
         let key = PrivateKeyDer::from_pem_slice(&contents.key)
-            .map_err(|e| format!("no private key in key file {key_file}: {e}"))?;
+            .map_err(|e| unusable(format!("no private key in key file {key_file}"), e))?;
         let signing_key = provider
             .key_provider
             .load_private_key(key)
-            .map_err(|e| format!("unusable private key in key file {key_file}: {e}"))?;
+            .map_err(|e| unusable(format!("unusable private key in key file {key_file}"), e))?;
         let certified = CertifiedKey::new(chain, signing_key);
         // Also catches a leaf that is not a parsable certificate.
         certified.keys_match().map_err(|e| {
-            format!("key file {key_file} does not match certificate file {cert_file}: {e}")
+            unusable(
+                format!("key file {key_file} does not match certificate file {cert_file}"),
+                e,
+            )
         })?;
         Ok(certified)
+    }
+}
+
+/// A certificate or key file that does not load, and the TLS library's reason.
+fn unusable(problem: String, source: impl std::error::Error + Send + Sync + 'static) -> Error {
+    Error::WebhookCertificate {
+        problem,
+        source: Some(Box::new(source)),
     }
 }
 
@@ -540,6 +554,7 @@ async fn reload_loop(
         let contents = match files.read().await {
             Ok(contents) => contents,
             Err(e) => {
+                let e = chain(&e);
                 if last_error.as_ref() != Some(&e) {
                     tracing::warn!("keeping the served webhook certificate: {e}");
                     last_error = Some(e);
@@ -560,6 +575,7 @@ async fn reload_loop(
                 );
             }
             Err(e) => {
+                let e = chain(&e);
                 tracing::warn!("keeping the served webhook certificate: {e}");
                 last_error = Some(e);
             }
@@ -659,7 +675,7 @@ mod tests {
         (cert.pem(), key.serialize_pem())
     }
 
-    fn parse(cert: &str, key: &str) -> Result<CertifiedKey, String> {
+    fn parse(cert: &str, key: &str) -> Result<CertifiedKey> {
         let files = CertFiles {
             cert_file: "/certs/tls.crt".into(),
             key_file: "/certs/tls.key".into(),
@@ -678,17 +694,17 @@ mod tests {
         assert!(parse(&cert, &key).is_ok());
         assert!(parse(&other_cert, &other_key).is_ok());
 
-        let err = parse("garbage", &key).err().unwrap();
+        let err = parse("garbage", &key).err().unwrap().to_string();
         assert!(err.contains("/certs/tls.crt"), "{err}");
-        let err = parse(&cert, "garbage").err().unwrap();
+        let err = parse(&cert, "garbage").err().unwrap().to_string();
         assert!(err.contains("/certs/tls.key"), "{err}");
-        let err = parse(&cert, &other_key).err().unwrap();
+        let err = parse(&cert, &other_key).err().unwrap().to_string();
         assert!(
             err.contains("does not match") && err.contains("/certs/tls.crt"),
             "{err}"
         );
         let broken = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
-        let err = parse(broken, &key).err().unwrap();
+        let err = parse(broken, &key).err().unwrap().to_string();
         assert!(err.contains("/certs/tls.crt"), "{err}");
     }
 }

@@ -125,12 +125,20 @@ pub fn pod_template(kind: &str, object: &Value) -> Option<PodTemplate> {
 }
 
 /// Parses an AdmissionReview body into its request and the workload in it.
-pub fn parse_review(body: &[u8]) -> Result<(AdmissionRequest<DynamicObject>, Workload), String> {
+pub fn parse_review(
+    body: &[u8],
+) -> crate::error::Result<(AdmissionRequest<DynamicObject>, Workload)> {
+    use crate::error::Error;
     let review: AdmissionReview<DynamicObject> =
-        serde_json::from_slice(body).map_err(|e| format!("not an AdmissionReview: {e}"))?;
-    let request: AdmissionRequest<DynamicObject> = review
-        .try_into()
-        .map_err(|e| format!("AdmissionReview without a request: {e}"))?;
+        serde_json::from_slice(body).map_err(|e| Error::InvalidReview {
+            problem: "not an AdmissionReview",
+            source: Box::new(e),
+        })?;
+    let request: AdmissionRequest<DynamicObject> =
+        review.try_into().map_err(|e| Error::InvalidReview {
+            problem: "AdmissionReview without a request",
+            source: Box::new(e),
+        })?;
     let workload = workload(&request);
     Ok((request, workload))
 }

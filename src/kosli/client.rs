@@ -14,7 +14,7 @@ use serde::de::DeserializeOwned;
 
 use super::retry::{self, RetryPolicy};
 use super::types::{AssertOutcome, AssertResponse, CreateEnvironment, Environment};
-use crate::error::{Error, Result, chain};
+use crate::error::{Error, ImageError, Result, chain};
 
 /// The User-Agent every request carries.
 pub const USER_AGENT: &str = concat!("kosli-operator/", env!("CARGO_PKG_VERSION"));
@@ -139,8 +139,13 @@ fn read_token_file(path: &Path) -> Result<(Option<SystemTime>, u64, HeaderValue)
     };
     let meta = std::fs::metadata(path).map_err(read_error)?;
     let token = std::fs::read_to_string(path).map_err(read_error)?;
-    let header = bearer(&ApiToken::new(token))
-        .map_err(|e| Error::Config(format!("token file {}: {e}", path.display())))?;
+    let header = bearer(&ApiToken::new(token)).map_err(|e| match e {
+        // Not "invalid configuration: token file …: invalid configuration: …".
+        Error::Config(message) => {
+            Error::Config(format!("token file {}: {message}", path.display()))
+        }
+        other => other,
+    })?;
     Ok((meta.modified().ok(), meta.len(), header))
 }
 
@@ -160,7 +165,9 @@ impl TokenSource {
                             *current = fresh;
                         }
                         // Mid-rotation the file can be briefly empty: keep the last good token.
-                        Err(e) => tracing::warn!("keeping the previous Kosli API token: {e}"),
+                        Err(e) => {
+                            tracing::warn!("keeping the previous Kosli API token: {}", chain(&e))
+                        }
                     }
                 }
                 Ok(current.2.clone())
@@ -343,9 +350,7 @@ impl KosliClient {
         policies: &[String],
     ) -> Result<AssertOutcome> {
         if !crate::core::fingerprint::is_sha256_hex(fingerprint) {
-            return Err(Error::Config(format!(
-                "{fingerprint:?} is not a sha256 fingerprint (64 lowercase hex characters)"
-            )));
+            return Err(ImageError::NotAFingerprint(fingerprint.to_owned()).into());
         }
         let path = ["asserts", &self.org, "fingerprint", fingerprint];
         let mut query: Vec<(&str, &str)> = Vec::new();

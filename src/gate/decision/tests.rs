@@ -128,6 +128,7 @@ fn break_glass_holds_only_until_it_expires_and_at_most_a_day() {
         break_glass(&w, now())
             .unwrap()
             .unwrap_err()
+            .to_string()
             .contains("expired")
     );
     w.annotations
@@ -143,6 +144,7 @@ fn break_glass_holds_only_until_it_expires_and_at_most_a_day() {
         break_glass(&w, now())
             .unwrap()
             .unwrap_err()
+            .to_string()
             .contains("RFC 3339")
     );
 }
