@@ -187,6 +187,14 @@ pub enum Error {
     #[error("failed to resolve {image}: {message}")]
     Registry { image: String, message: String },
 
+    /// A document this program renders (the CRD) could not be rendered.
+    #[error("failed to render {what} as YAML")]
+    RenderYaml {
+        what: &'static str,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+
     #[error("failed to serialize {what}: {source}")]
     Serialize {
         what: &'static str,
@@ -323,6 +331,7 @@ impl Error {
             | Error::BreakGlass { .. }
             | Error::DockerConfig(_)
             | Error::Image(_)
+            | Error::RenderYaml { .. }
             | Error::Serialize { .. } => false,
         }
     }

@@ -16,5 +16,5 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(kosli_operator::commands::run(cli))
+    runtime.block_on(kosli_operator::commands::dispatch(cli))
 }

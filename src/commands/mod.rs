@@ -27,7 +27,8 @@ pub fn fail(e: &Error) -> ExitCode {
     exit_code(e)
 }
 
-pub async fn run(cli: Cli) -> ExitCode {
+/// Runs the subcommand the command line names.
+pub async fn dispatch(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Check(args) => check::run(*args).await,
         Command::Run(args) => run::run(*args).await,
@@ -37,11 +38,7 @@ pub async fn run(cli: Cli) -> ExitCode {
                 print!("{yaml}");
                 ExitCode::SUCCESS
             }
-            // The command takes no input: a failure to render is never usage.
-            Err(e) => {
-                tracing::error!("{}", chain(&e));
-                ExitCode::FAILURE
-            }
+            Err(e) => fail(&e),
         },
     }
 }

@@ -293,8 +293,10 @@ pub fn validate_environment_name(name: &str) -> Result<()> {
 /// The CRD as YAML: what `kosli-operator crd` prints and `crds/` holds.
 pub fn crd_yaml() -> Result<String> {
     let crd = KosliEnvironment::crd();
-    serde_saphyr::to_string(&crd)
-        .map_err(|e| Error::Config(format!("failed to render the CRD as YAML: {e}")))
+    serde_saphyr::to_string(&crd).map_err(|e| Error::RenderYaml {
+        what: "the CRD",
+        source: Box::new(e),
+    })
 }
 
 #[cfg(test)]

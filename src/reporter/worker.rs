@@ -207,11 +207,11 @@ impl Worker {
             }
             Err(error) => {
                 self.shared.metrics.report_failed(kosli_env);
-                tracing::warn!(environment = %kosli_env, "report failed: {error}");
+                tracing::warn!(environment = %kosli_env, "report failed: {}", crate::error::chain(&error));
                 Err(Failure {
                     outcome: Outcome::from_error(&error),
                     status: error.kosli_status(),
-                    message: error.to_string(),
+                    message: crate::error::chain(&error),
                     retry_after: error.retry_after(),
                 })
             }
