@@ -18,6 +18,7 @@ use serde_json::json;
 use support::fake_kosli::{FakeKosli, Scripted};
 use support::operator::{Operator, eventually};
 use support::testenv::{TestEnv, apply_crd, create_namespace, unique};
+use support::tools::kubectl;
 use support::webhook::{
     ServingCert, delete_validating_webhook, register_validating_webhook, serving_cert,
     webhook_label,
@@ -225,38 +226,17 @@ async fn warn_mode_admits_with_a_warning_kubectl_shows() {
     let image = g.image(&g.env.registry, &g.env.index_tag);
     let manifest = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "warned", "namespace": g.ns},
         "spec": {"containers": [{"name": "app", "image": image}]}});
-    let kubectl = std::env::var("KUBECTL").unwrap();
     let output = eventually(
         Duration::from_secs(20),
         "a warning from the webhook",
         || {
-            let (kubectl, manifest) = (kubectl.clone(), manifest.to_string());
+            let manifest = manifest.to_string();
             let kubeconfig = g.env.kubeconfig.clone();
             let name = unique("warned");
             async move {
                 let manifest = manifest.replace("\"warned\"", &format!("\"{name}\""));
                 tokio::task::spawn_blocking(move || {
-                    let mut child = std::process::Command::new(&kubectl)
-                        .args([
-                            "--kubeconfig",
-                            kubeconfig.to_str().unwrap(),
-                            "create",
-                            "-f",
-                            "-",
-                        ])
-                        .stdin(std::process::Stdio::piped())
-                        .stdout(std::process::Stdio::piped())
-                        .stderr(std::process::Stdio::piped())
-                        .spawn()
-                        .unwrap();
-                    use std::io::Write;
-                    child
-                        .stdin
-                        .take()
-                        .unwrap()
-                        .write_all(manifest.as_bytes())
-                        .unwrap();
-                    let out = child.wait_with_output().unwrap();
+                    let out = kubectl(&kubeconfig, &["create", "-f", "-"], &manifest);
                     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
                     (out.status.success() && stderr.contains("Warning:")).then_some(stderr)
                 })

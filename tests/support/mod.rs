@@ -1,9 +1,12 @@
 //! Shared by the integration tests. Each test file uses a part of it.
 #![allow(dead_code, clippy::unwrap_used)]
 
+pub mod chart_pod;
 pub mod fake_kosli;
+pub mod helm;
 pub mod operator;
 pub mod testenv;
+pub mod tools;
 pub mod webhook;
 
 use std::path::PathBuf;
