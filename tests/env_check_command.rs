@@ -6,17 +6,9 @@
 mod support;
 
 use serde_json::json;
-use support::fake_kosli::{FakeKosli, ORG, TOKEN};
+use support::fake_kosli::FakeKosli;
 use support::testenv::TestEnv;
 use support::{run_async, stdout};
-
-fn env(fake: &FakeKosli) -> Vec<(String, String)> {
-    vec![
-        ("KOSLI_HOST".into(), fake.url.clone()),
-        ("KOSLI_ORG".into(), ORG.into()),
-        ("KOSLI_API_TOKEN".into(), TOKEN.into()),
-    ]
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_exits_zero_when_compliant_and_one_with_reasons_when_not() {
@@ -42,7 +34,7 @@ async fn check_exits_zero_when_compliant_and_one_with_reasons_when_not() {
             "--environment".into(),
             "prod".into(),
         ],
-        env(&fake),
+        fake.cli_env(),
     )
     .await;
     assert_eq!(o.status.code(), Some(0), "{}", support::stderr(&o));
@@ -63,7 +55,7 @@ async fn check_exits_zero_when_compliant_and_one_with_reasons_when_not() {
             "--policy".into(),
             "p1".into(),
         ],
-        env(&fake),
+        fake.cli_env(),
     )
     .await;
     assert_eq!(o.status.code(), Some(1));
@@ -91,7 +83,7 @@ async fn check_exits_zero_when_compliant_and_one_with_reasons_when_not() {
             "-e".into(),
             "prod".into(),
         ],
-        env(&fake),
+        fake.cli_env(),
     )
     .await;
     assert_eq!(o.status.code(), Some(1));

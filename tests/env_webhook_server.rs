@@ -18,7 +18,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kosli_operator::gate::server::{ReviewHandler, ReviewRejection, WebhookConfig, serve};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
-use support::testenv::{TestEnv, create_namespace, unique};
+use support::testenv::{TestEnv, api_error, create_namespace, unique};
 use support::webhook::{
     CleanupOnPanic, ServingCert, delete_validating_webhook, https_client, pod, presented_leaf,
     register_validating_webhook, serving_cert, tls_connect, wait_until_called, webhook_label,
@@ -127,13 +127,6 @@ impl Server {
     }
 }
 
-fn api_message(result: Result<impl std::fmt::Debug, kube::Error>) -> String {
-    match result {
-        Err(kube::Error::Api(status)) => status.message,
-        other => panic!("expected an API error, got {other:?}"),
-    }
-}
-
 /// The API server calls the webhook for pods and workloads in a labelled
 /// namespace, sees the denial (with its message), and admits the rest — which
 /// also proves the response echoes the request uid, or it would be refused.
@@ -164,7 +157,7 @@ async fn the_api_server_calls_the_webhook_and_shows_its_denial() {
     wait_until_called(&client, &ns, || handler.calls()).await;
 
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
-    let message = api_message(
+    let (_, message) = api_error(
         pods.create(&PostParams::default(), &pod("denied", &[("deny", "yes")]))
             .await,
     );
@@ -176,7 +169,7 @@ async fn the_api_server_calls_the_webhook_and_shows_its_denial() {
         .await
         .unwrap();
     // UPDATE is reviewed too.
-    let message = api_message(
+    let (_, message) = api_error(
         pods.patch(
             "admitted",
             &PatchParams::default(),
@@ -198,7 +191,7 @@ async fn the_api_server_calls_the_webhook_and_shows_its_denial() {
         }
     }))
     .unwrap();
-    let message = api_message(
+    let (_, message) = api_error(
         Api::<Deployment>::namespaced(client.clone(), &ns)
             .create(&PostParams::default(), &deployment)
             .await,
@@ -212,7 +205,7 @@ async fn the_api_server_calls_the_webhook_and_shows_its_denial() {
         }}}
     }))
     .unwrap();
-    let message = api_message(
+    let (_, message) = api_error(
         Api::<Job>::namespaced(client.clone(), &ns)
             .create(&PostParams::default(), &job)
             .await,
@@ -542,7 +535,7 @@ async fn a_stopped_webhook_blocks_pods_only_under_failure_policy_fail() {
     server.stop().await;
 
     let (fail_ns, fail_name) = &names[0];
-    let message = api_message(
+    let (_, message) = api_error(
         Api::<Pod>::namespaced(client.clone(), fail_ns)
             .create(&PostParams::default(), &pod("blocked", &[]))
             .await,

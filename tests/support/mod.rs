@@ -62,6 +62,11 @@ pub fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
     command(args, env).output().expect("binary runs")
 }
 
+/// Owned copies of `args`, as `run_async` takes them.
+pub fn strings(args: &[&str]) -> Vec<String> {
+    args.iter().map(|s| s.to_string()).collect()
+}
+
 /// Runs the binary off the async runtime, so a fake Kosli in this process can answer.
 pub async fn run_async(args: Vec<String>, env: Vec<(String, String)>) -> Output {
     tokio::task::spawn_blocking(move || {

@@ -152,6 +152,15 @@ pub async fn ensure_namespace(client: &Client, name: &str) {
     }
 }
 
+/// The HTTP code and message of the API server's refusal; panics on success or
+/// on an error that is not the API server's answer.
+pub fn api_error<T: std::fmt::Debug>(result: Result<T, kube::Error>) -> (u16, String) {
+    match result {
+        Err(kube::Error::Api(status)) => (status.code, status.message),
+        other => panic!("expected the API server to refuse, got {other:?}"),
+    }
+}
+
 /// A container as the kubelet reports it once running.
 #[derive(Clone, Debug)]
 pub struct RunningContainer {
