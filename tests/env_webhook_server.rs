@@ -15,6 +15,7 @@ use futures::future::BoxFuture;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
+use kosli_operator::Error;
 use kosli_operator::gate::server::{ReviewHandler, ReviewRejection, WebhookConfig, serve};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
@@ -157,7 +158,7 @@ async fn the_api_server_calls_the_webhook_and_shows_its_denial() {
     wait_until_called(&client, &ns, || handler.calls()).await;
 
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
-    let (_, message) = api_error(
+    let (code, message) = api_error(
         pods.create(&PostParams::default(), &pod("denied", &[("deny", "yes")]))
             .await,
     );
@@ -165,11 +166,14 @@ async fn the_api_server_calls_the_webhook_and_shows_its_denial() {
         message.contains(DENIAL) && message.contains(&format!("{name}.kosli.com")),
         "{message}"
     );
+    // The API server passes on the code and message of the webhook's answer.
+    let denied = format!("admission webhook \"{name}.kosli.com\" denied the request: {DENIAL}");
+    assert_eq!((code, message.as_str()), (403, denied.as_str()));
     pods.create(&PostParams::default(), &pod("admitted", &[("app", "ok")]))
         .await
         .unwrap();
     // UPDATE is reviewed too.
-    let (_, message) = api_error(
+    let (code, message) = api_error(
         pods.patch(
             "admitted",
             &PatchParams::default(),
@@ -178,6 +182,7 @@ async fn the_api_server_calls_the_webhook_and_shows_its_denial() {
         .await,
     );
     assert!(message.contains(DENIAL), "{message}");
+    assert_eq!((code, message.as_str()), (403, denied.as_str()));
 
     // Workloads with pod templates go through the same webhook.
     let deployment: Deployment = serde_json::from_value(json!({
@@ -191,12 +196,13 @@ async fn the_api_server_calls_the_webhook_and_shows_its_denial() {
         }
     }))
     .unwrap();
-    let (_, message) = api_error(
+    let (code, message) = api_error(
         Api::<Deployment>::namespaced(client.clone(), &ns)
             .create(&PostParams::default(), &deployment)
             .await,
     );
     assert!(message.contains(DENIAL), "{message}");
+    assert_eq!((code, message.as_str()), (403, denied.as_str()));
     let job: Job = serde_json::from_value(json!({
         "metadata": {"name": "batch", "labels": {"deny": "yes"}},
         "spec": {"template": {"spec": {
@@ -205,12 +211,13 @@ async fn the_api_server_calls_the_webhook_and_shows_its_denial() {
         }}}
     }))
     .unwrap();
-    let (_, message) = api_error(
+    let (code, message) = api_error(
         Api::<Job>::namespaced(client.clone(), &ns)
             .create(&PostParams::default(), &job)
             .await,
     );
     assert!(message.contains(DENIAL), "{message}");
+    assert_eq!((code, message.as_str()), (403, denied.as_str()));
 
     // A namespace without the label is not the webhook's business.
     Api::<Pod>::namespaced(client.clone(), &unwatched)
@@ -272,6 +279,7 @@ async fn rotated_certificates_are_served_and_broken_ones_ignored() {
     healthz(&server, &cert.ca_pem).await;
     let err = presented_leaf(server.addr, &old_ca).await.unwrap_err();
     assert!(err.contains("certificate"), "{err}");
+    assert_eq!(err, "invalid peer certificate: UnknownIssuer");
 
     server.stop().await;
 }
@@ -480,24 +488,39 @@ async fn start_up_errors_name_the_port_or_file() {
     let addr = taken.local_addr().unwrap();
     let err = start(addr, cert.cert_file.clone(), cert.key_file.clone())
         .await
-        .unwrap_err()
-        .to_string();
-    assert!(err.contains(&addr.to_string()), "{err}");
+        .unwrap_err();
+    assert!(err.to_string().contains(&addr.to_string()), "{err}");
+    assert!(
+        matches!(&err, Error::Config(message)
+            if message.starts_with(&format!("failed to listen on webhook address {addr}: "))),
+        "{err:?}"
+    );
 
     let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
     let missing = cert.dir().join("missing.key");
     let err = start(any, cert.cert_file.clone(), missing.clone())
         .await
-        .unwrap_err()
-        .to_string();
-    assert!(err.contains(missing.to_str().unwrap()), "{err}");
+        .unwrap_err();
+    assert!(err.to_string().contains(missing.to_str().unwrap()), "{err}");
+    assert!(
+        matches!(&err, Error::Config(message)
+            if message.starts_with(&format!("failed to read webhook key file {}: ", missing.display()))),
+        "{err:?}"
+    );
 
     cert.write_garbage_cert();
     let err = start(any, cert.cert_file.clone(), cert.key_file.clone())
         .await
-        .unwrap_err()
-        .to_string();
-    assert!(err.contains(cert.cert_file.to_str().unwrap()), "{err}");
+        .unwrap_err();
+    assert!(
+        err.to_string().contains(cert.cert_file.to_str().unwrap()),
+        "{err}"
+    );
+    assert!(
+        matches!(&err, Error::Config(message)
+            if *message == format!("webhook TLS: no certificate in certificate file {}", cert.cert_file.display())),
+        "{err:?}"
+    );
 }
 
 /// With the webhook down, failurePolicy Fail refuses every pod in its
@@ -535,7 +558,7 @@ async fn a_stopped_webhook_blocks_pods_only_under_failure_policy_fail() {
     server.stop().await;
 
     let (fail_ns, fail_name) = &names[0];
-    let (_, message) = api_error(
+    let (code, message) = api_error(
         Api::<Pod>::namespaced(client.clone(), fail_ns)
             .create(&PostParams::default(), &pod("blocked", &[]))
             .await,
@@ -543,6 +566,13 @@ async fn a_stopped_webhook_blocks_pods_only_under_failure_policy_fail() {
     assert!(
         message.contains("failed calling webhook")
             && message.contains(&format!("{fail_name}.kosli.com")),
+        "{message}"
+    );
+    assert_eq!(code, 500, "{message}");
+    assert!(
+        message.starts_with(&format!(
+            "Internal error occurred: failed calling webhook \"{fail_name}.kosli.com\": "
+        )),
         "{message}"
     );
     let (ignore_ns, _) = &names[1];
