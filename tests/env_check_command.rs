@@ -76,16 +76,20 @@ async fn check_exits_zero_when_compliant_and_one_with_reasons_when_not() {
             .contains("policy_name=p1")
     );
 
+    let nope = format!("{}/{}:nope", t.registry, t.image_repo);
     let o = run_async(
-        vec![
-            "check".into(),
-            format!("{}/{}:nope", t.registry, t.image_repo),
-            "-e".into(),
-            "prod".into(),
-        ],
+        vec!["check".into(), nope.clone(), "-e".into(), "prod".into()],
         fake.cli_env(),
     )
     .await;
     assert_eq!(o.status.code(), Some(1));
     assert!(stdout(&o).contains("cannot resolve tag"), "{}", stdout(&o));
+    assert_eq!(
+        stdout(&o),
+        format!(
+            "{nope}: cannot resolve tag (failed to resolve {nope}: tag \"nope\" not found in {}/{}); \
+             pin a digest (image@sha256:...)\n",
+            t.registry, t.image_repo
+        )
+    );
 }

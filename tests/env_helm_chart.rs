@@ -28,8 +28,8 @@ use support::helm::{
 };
 use support::operator::eventually;
 use support::testenv::{
-    RunningContainer, TestEnv, apply_crd, client_for, ensure_namespace, running_pod, tool, unique,
-    var,
+    RunningContainer, TestEnv, api_error, apply_crd, client_for, ensure_namespace, running_pod,
+    tool, unique, var,
 };
 use support::tools::{isolated, kubectl, run, text};
 
@@ -115,8 +115,25 @@ gate:
   tls: {validityDays: 365}
 "#;
 
-fn is_forbidden<T: std::fmt::Debug>(result: Result<T, kube::Error>) -> bool {
-    matches!(result, Err(kube::Error::Api(status)) if status.code == 403)
+/// Asserts that RBAC refused the chart's ServiceAccount exactly `verb` on
+/// `group`/`resource`: HTTP 403 with the API server's reason naming all three,
+/// so that no other refusal (a missing object, another identity) passes for it.
+fn assert_forbidden<T: std::fmt::Debug>(
+    result: Result<T, kube::Error>,
+    verb: &str,
+    group: &str,
+    resource: &str,
+    why: &str,
+) {
+    let (code, message) = api_error(result);
+    let reason = format!(
+        "User \"system:serviceaccount:{RELEASE_NAMESPACE}:{SERVICE_ACCOUNT}\" \
+         cannot {verb} resource \"{resource}\" in API group \"{group}\""
+    );
+    assert!(
+        code == 403 && message.contains(" is forbidden: ") && message.contains(&reason),
+        "{why}: expected 403 with {reason:?}, got {code}: {message}"
+    );
 }
 
 #[test]
@@ -508,14 +525,17 @@ reporterConfig:
         .collect();
     // Every right must come from this rendering: the identity starts with none.
     let sa = client_for(&sa_kubeconfig).await;
-    assert!(
-        is_forbidden(
-            Api::<Namespace>::all(sa.clone())
-                .list(&ListParams::default())
-                .await
+    assert_forbidden(
+        Api::<Namespace>::all(sa.clone())
+            .list(&ListParams::default())
+            .await,
+        "list",
+        "",
+        "namespaces",
+        &format!(
+            "{SERVICE_ACCOUNT} may list namespaces before the chart's RBAC is applied: something \
+             else granted it rights on this API server, so this test would prove nothing"
         ),
-        "{SERVICE_ACCOUNT} may list namespaces before the chart's RBAC is applied: something \
-         else granted it rights on this API server, so this test would prove nothing"
     );
     let _applied = Applied::new(&env.kubeconfig, &applied);
     let output = kubectl(&env.kubeconfig, &["apply", "-f", "-"], &joined(&applied));
@@ -601,38 +621,42 @@ reporterConfig:
     );
 
     // And what it must not do, as the same identity.
-    assert!(
-        is_forbidden(
-            Api::<Secret>::namespaced(sa.clone(), RELEASE_NAMESPACE)
-                .get(&token_secret)
-                .await
-        ),
-        "reading a Secret must be forbidden"
+    assert_forbidden(
+        Api::<Secret>::namespaced(sa.clone(), RELEASE_NAMESPACE)
+            .get(&token_secret)
+            .await,
+        "get",
+        "",
+        "secrets",
+        "reading a Secret must be forbidden",
     );
-    assert!(
-        is_forbidden(
-            Api::<Secret>::all(sa.clone())
-                .list(&ListParams::default())
-                .await
-        ),
-        "listing Secrets must be forbidden"
+    assert_forbidden(
+        Api::<Secret>::all(sa.clone())
+            .list(&ListParams::default())
+            .await,
+        "list",
+        "",
+        "secrets",
+        "listing Secrets must be forbidden",
     );
-    assert!(
-        is_forbidden(
-            Api::<Pod>::namespaced(sa.clone(), &app_ns)
-                .delete("web-1", &DeleteParams::default())
-                .await
-        ),
-        "pods are read-only"
+    assert_forbidden(
+        Api::<Pod>::namespaced(sa.clone(), &app_ns)
+            .delete("web-1", &DeleteParams::default())
+            .await,
+        "delete",
+        "",
+        "pods",
+        "pods are read-only",
     );
     let lease: Lease = serde_json::from_value(json!({"metadata": {"name": id}})).unwrap();
-    assert!(
-        is_forbidden(
-            Api::<Lease>::namespaced(sa.clone(), "default")
-                .create(&PostParams::default(), &lease)
-                .await
-        ),
-        "Leases only in the release namespace"
+    assert_forbidden(
+        Api::<Lease>::namespaced(sa.clone(), "default")
+            .create(&PostParams::default(), &lease)
+            .await,
+        "create",
+        "coordination.k8s.io",
+        "leases",
+        "Leases only in the release namespace",
     );
     let event: Event = serde_json::from_value(json!({
         "metadata": {"generateName": "x-"},
@@ -641,13 +665,14 @@ reporterConfig:
         "action": "Test", "reason": "Test", "type": "Normal",
     }))
     .unwrap();
-    assert!(
-        is_forbidden(
-            Api::<Event>::namespaced(sa.clone(), &app_ns)
-                .create(&PostParams::default(), &event)
-                .await
-        ),
-        "Events only in the events namespace"
+    assert_forbidden(
+        Api::<Event>::namespaced(sa.clone(), &app_ns)
+            .create(&PostParams::default(), &event)
+            .await,
+        "create",
+        "events.k8s.io",
+        "events",
+        "Events only in the events namespace",
     );
 }
 
@@ -1002,10 +1027,22 @@ gate:
     // And a name it does not hold is refused: the verification above is real.
     let other = rustls::pki_types::ServerName::try_from("elsewhere.example.com").unwrap();
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let refused = connector
+        .connect(other, tcp)
+        .await
+        .err()
+        .unwrap_or_else(|| {
+            panic!(
+                "the certificate must be valid for {server_name} only:\n{}",
+                op.log()
+            )
+        })
+        .to_string();
     assert!(
-        connector.connect(other, tcp).await.is_err(),
-        "the certificate must be valid for {server_name} only:\n{}",
-        op.log()
+        refused.starts_with(
+            "invalid peer certificate: certificate not valid for name \"elsewhere.example.com\""
+        ),
+        "refused for another reason than the name: {refused}"
     );
 
     // With cert-manager: a Certificate for the same names, the CA injected.

@@ -356,6 +356,17 @@ async fn rbac_refusal_fails_only_its_environment_and_sends_nothing_for_it() {
     );
     assert!(err.contains("failed to list pods cluster-wide"), "{err}");
     assert!(err.contains("forbidden"), "{err}");
+    // Refused by RBAC, for exactly that identity and scope.
+    for reason in [
+        format!(
+            "User \"testenv-nobody\" cannot list resource \"pods\" in API group \"\" in the namespace \"{}\"",
+            f.ns_b
+        ),
+        "User \"testenv-nobody\" cannot list resource \"pods\" in API group \"\" at the cluster scope"
+            .to_owned(),
+    ] {
+        assert!(err.contains(&reason), "stderr lacks {reason:?}: {err}");
+    }
     assert!(
         err.contains("2 of 3 environments were not reported"),
         "{err}"
