@@ -10,7 +10,7 @@ use std::process::{Output, Stdio};
 
 use serde_json::Value;
 use support::fake_kosli::{FakeKosli, ORG, Scripted, TOKEN};
-use support::{command, repo_file, run, run_async, stderr, stdout};
+use support::{command, repo_file, run, run_async, stderr, stdout, strings};
 
 /// `snapshot ARGS --from-file examples/pods.json --dry-run`.
 fn offline(args: &[&str]) -> Output {
@@ -309,18 +309,6 @@ fn bad_input_files_fail_before_anything_is_printed() {
     }
 }
 
-fn kosli_env(fake: &FakeKosli) -> Vec<(String, String)> {
-    vec![
-        ("KOSLI_HOST".into(), fake.url.clone()),
-        ("KOSLI_ORG".into(), ORG.into()),
-        ("KOSLI_API_TOKEN".into(), TOKEN.into()),
-    ]
-}
-
-fn strings(v: &[&str]) -> Vec<String> {
-    v.iter().map(|s| s.to_string()).collect()
-}
-
 #[tokio::test]
 async fn report_sends_exactly_the_dry_run_body() {
     let fake = FakeKosli::start().await;
@@ -332,7 +320,7 @@ async fn report_sends_exactly_the_dry_run_body() {
             "--from-file",
             "examples/pods.json",
         ]),
-        kosli_env(&fake),
+        fake.cli_env(),
     )
     .await;
     assert!(o.status.success(), "{}", stderr(&o));
@@ -366,7 +354,7 @@ async fn auto_environment_creates_a_missing_environment_with_its_description() {
         "examples/pods.json",
     ]);
     args.extend(strings(&["-n", "prod"]));
-    let o = run_async(args, kosli_env(&fake)).await;
+    let o = run_async(args, fake.cli_env()).await;
     assert!(o.status.success(), "{}", stderr(&o));
     let env = fake.state().environments["fresh-env"].clone();
     assert_eq!(
@@ -395,7 +383,7 @@ async fn one_failing_environment_does_not_stop_the_others() {
     fake.add_environment("production", "K8S");
     fake.add_environment("teams", "server");
     fake.add_environment("platform", "K8S");
-    let mut env = kosli_env(&fake);
+    let mut env = fake.cli_env();
     env.push(("KOSLI_MAX_API_RETRIES".into(), "0".into()));
     let o = run_async(
         strings(&[
@@ -429,7 +417,7 @@ async fn kosli_errors_reach_the_user_with_status_and_message() {
         403,
         "Service account lacks the snapshotter role",
     )]);
-    let mut env = kosli_env(&fake);
+    let mut env = fake.cli_env();
     env.push(("KOSLI_MAX_API_RETRIES".into(), "0".into()));
     let o = run_async(
         strings(&[
@@ -481,7 +469,7 @@ async fn standard_proxy_variables_are_honoured() {
     let fake = FakeKosli::start().await;
     fake.add_environment("production", "K8S");
     let nowhere = support::closed_loopback_url();
-    let mut env = kosli_env(&fake);
+    let mut env = fake.cli_env();
     env[0].1 = nowhere.clone();
     env.push(("HTTP_PROXY".into(), fake.url.clone()));
     let o = run_async(

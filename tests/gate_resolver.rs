@@ -9,6 +9,7 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
+use kosli_operator::core::fingerprint::ImageRef;
 use kosli_operator::gate::decision::ImageVerdict;
 use kosli_operator::gate::registry::{RegistryClient, RegistryConfig};
 use kosli_operator::gate::resolver::{Resolver, ResolverOptions};
@@ -178,21 +179,28 @@ async fn a_digest_in_the_reference_needs_no_registry_and_a_bad_reference_is_unre
             .unwrap(),
         A
     );
-    assert!(
-        r.fingerprint("Not A Reference", None)
-            .await
-            .unwrap_err()
-            .to_string()
-            .contains("invalid image reference")
+    let err = r.fingerprint("Not A Reference", None).await.unwrap_err();
+    let err = kosli_operator::error::chain(&err);
+    assert!(err.contains("invalid image reference"), "{err}");
+    assert_eq!(
+        err,
+        format!(
+            "invalid image reference: {}",
+            ImageRef::parse("Not A Reference").unwrap_err()
+        )
     );
     let closed = support::closed_loopback_url();
+    let host = closed.trim_start_matches("http://");
     let err = r
-        .fingerprint(
-            &format!("{}/app:1", closed.trim_start_matches("http://")),
-            None,
-        )
+        .fingerprint(&format!("{host}/app:1"), None)
         .await
         .unwrap_err()
         .to_string();
     assert!(err.contains("failed to reach"), "{err}");
+    assert!(
+        err.starts_with(&format!(
+            "failed to resolve {host}/app:1: failed to reach {host}: "
+        )),
+        "{err}"
+    );
 }

@@ -8,6 +8,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use kosli_operator::Error;
+use kosli_operator::error::ImageError;
 use kosli_operator::kosli::{
     ApiToken, AssertOutcome, EnsureOutcome, KosliClient, KosliConfig, RetryPolicy,
 };
@@ -30,6 +31,17 @@ fn config(url: &str) -> KosliConfig {
 
 fn client(fake: &FakeKosli) -> KosliClient {
     KosliClient::new(&config(&fake.url)).expect("client")
+}
+
+/// The HTTP status and Kosli's message of a `KosliStatus` error; any other
+/// error fails the test.
+fn kosli_answer(err: &Error) -> (u16, &str) {
+    match err {
+        Error::KosliStatus {
+            status, message, ..
+        } => (*status, message.as_str()),
+        other => panic!("expected Kosli's HTTP answer, got {other:?}"),
+    }
 }
 
 fn report_body() -> Vec<u8> {
@@ -89,6 +101,7 @@ async fn strict_contract_rejects_unknown_fields_and_bad_digests() {
         .report_k8s("prod", bad_digest.into_bytes())
         .await
         .unwrap_err();
+    assert_eq!(err.kosli_status(), Some(400), "{err}");
     assert!(
         err.to_string().contains("artifacts[0].digests.nginx:1"),
         "{err}"
@@ -96,6 +109,7 @@ async fn strict_contract_rejects_unknown_fields_and_bad_digests() {
 
     let wrong_type = br#"{"artifacts":[{"podName":"p","namespace":"ns","digests":{},"creationTimestamp":"1","owners":null}]}"#;
     let err = c.report_k8s("prod", wrong_type.to_vec()).await.unwrap_err();
+    assert_eq!(err.kosli_status(), Some(400), "{err}");
     assert!(
         err.to_string().contains("is not of type 'integer'"),
         "{err}"
@@ -116,6 +130,7 @@ async fn wrong_token_is_a_final_401_and_the_token_never_shows() {
         .await
         .unwrap_err();
     assert_eq!(err.kosli_status(), Some(401));
+    assert_eq!(kosli_answer(&err), (401, "Invalid API token"));
     assert!(!err.is_transient());
     let shown = format!("{err} {err:?}");
     assert!(!shown.contains("wrong-token-value"), "{shown}");
@@ -170,6 +185,7 @@ async fn retry_after_beyond_the_limit_fails_now() {
         .await
         .unwrap_err();
     assert_eq!(err.kosli_status(), Some(429));
+    assert_eq!(kosli_answer(&err), (429, "slow down"));
     assert_eq!(fake.requests().len(), 1);
 }
 
@@ -221,13 +237,12 @@ async fn zero_retries_means_one_attempt() {
     fake.script([Scripted::status(500, "boom")]);
     let mut cfg = config(&fake.url);
     cfg.retry.max_retries = 0;
-    assert!(
-        KosliClient::new(&cfg)
-            .unwrap()
-            .report_k8s("prod", report_body())
-            .await
-            .is_err()
-    );
+    let err = KosliClient::new(&cfg)
+        .unwrap()
+        .report_k8s("prod", report_body())
+        .await
+        .unwrap_err();
+    assert_eq!(kosli_answer(&err), (500, "boom"));
     assert_eq!(fake.requests().len(), 1);
 }
 
@@ -247,6 +262,7 @@ async fn not_implemented_and_other_4xx_are_final() {
             .unwrap_err();
         assert_eq!(err.kosli_status(), Some(status));
         assert!(err.to_string().contains(msg));
+        assert_eq!(kosli_answer(&err), (status, msg));
         assert_eq!(
             fake.requests().len(),
             1,
@@ -269,6 +285,7 @@ async fn bare_json_string_errors_are_kept() {
         err.to_string().ends_with("failed with HTTP 403: Denied"),
         "{err}"
     );
+    assert_eq!(kosli_answer(&err), (403, "Denied"));
 }
 
 #[tokio::test]
@@ -312,6 +329,13 @@ async fn report_to_a_missing_environment_is_404() {
         .unwrap_err();
     assert_eq!(err.kosli_status(), Some(404));
     assert!(err.to_string().contains("does not exist"));
+    assert_eq!(
+        kosli_answer(&err),
+        (
+            404,
+            "Environment named 'nowhere' does not exist for organization 'acme'"
+        )
+    );
 }
 
 #[tokio::test]
@@ -367,10 +391,20 @@ async fn ensure_refuses_other_types_and_logical() {
         err.to_string().contains("exists with type \"server\""),
         "{err}"
     );
+    assert!(
+        matches!(&err, Error::EnvironmentType { name, found, .. }
+            if name == "servers" && found == "server"),
+        "{err:?}"
+    );
     let err = c.ensure_environment("all-prod", "").await.unwrap_err();
     assert!(
         err.to_string().contains("exists with type \"logical\""),
         "{err}"
+    );
+    assert!(
+        matches!(&err, Error::EnvironmentType { name, found, .. }
+            if name == "all-prod" && found == "logical"),
+        "{err:?}"
     );
     assert!(!err.is_transient());
     assert!(fake.requests().iter().all(|r| r.method == "GET"));
@@ -380,8 +414,18 @@ async fn ensure_refuses_other_types_and_logical() {
 async fn ensure_does_not_create_when_the_get_fails() {
     let fake = FakeKosli::start().await;
     fake.script(std::iter::repeat_n(Scripted::status(500, "db down"), 4));
-    assert!(client(&fake).ensure_environment("x", "").await.is_err());
+    let err = client(&fake).ensure_environment("x", "").await.unwrap_err();
+    assert_eq!(kosli_answer(&err), (500, "db down"));
+    assert!(
+        err.is_transient(),
+        "a 500 may pass: the next reconcile asks again"
+    );
     assert!(fake.requests().iter().all(|r| r.method == "GET"));
+    assert_eq!(
+        fake.requests().len(),
+        4,
+        "1 attempt + 3 retries, then no PUT"
+    );
 }
 
 #[tokio::test]
@@ -421,7 +465,20 @@ async fn assert_known_unknown_and_query() {
         c.assert_artifact(&other, None, &[]).await.unwrap(),
         AssertOutcome::Unknown
     );
-    assert!(c.assert_artifact("not-a-digest", None, &[]).await.is_err());
+    let asked = fake.requests().len();
+    let err = c
+        .assert_artifact("not-a-digest", None, &[])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::Image(ImageError::NotAFingerprint(given)) if given == "not-a-digest"),
+        "{err:?}"
+    );
+    assert_eq!(
+        err.to_string(),
+        "\"not-a-digest\" is not a sha256 fingerprint (64 lowercase hex characters)"
+    );
+    assert_eq!(fake.requests().len(), asked, "refused before asking Kosli");
 }
 
 #[tokio::test]
@@ -522,21 +579,24 @@ async fn tls_is_verified_and_an_extra_ca_bundle_is_trusted() {
 async fn ca_bundle_problems_are_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config("https://app.kosli.com");
-    cfg.ca_bundle = Some(dir.path().join("missing.pem"));
+    let missing = dir.path().join("missing.pem");
+    cfg.ca_bundle = Some(missing.clone());
+    let err = KosliClient::new(&cfg).unwrap_err();
+    assert!(err.to_string().contains("missing.pem"));
     assert!(
-        KosliClient::new(&cfg)
-            .unwrap_err()
-            .to_string()
-            .contains("missing.pem")
+        matches!(&err, Error::ReadFile { path, source, .. }
+            if *path == missing && source.kind() == std::io::ErrorKind::NotFound),
+        "{err:?}"
     );
     let empty = dir.path().join("empty.pem");
     std::fs::write(&empty, "not a certificate").unwrap();
-    cfg.ca_bundle = Some(empty);
+    cfg.ca_bundle = Some(empty.clone());
+    let err = KosliClient::new(&cfg).unwrap_err();
+    assert!(err.to_string().contains("holds no PEM certificate"));
     assert!(
-        KosliClient::new(&cfg)
-            .unwrap_err()
-            .to_string()
-            .contains("holds no PEM certificate")
+        matches!(&err, Error::Config(message)
+            if *message == format!("CA bundle {} holds no PEM certificate", empty.display())),
+        "{err:?}"
     );
 }
 
@@ -553,6 +613,7 @@ async fn token_file_is_reread_when_it_changes() {
     let c = KosliClient::new(&cfg).unwrap();
     let err = c.report_k8s("prod", report_body()).await.unwrap_err();
     assert_eq!(err.kosli_status(), Some(401));
+    assert_eq!(kosli_answer(&err), (401, "Invalid API token"));
 
     // A Secret rotation replaces the file; the next request uses the new token.
     std::fs::write(&path, format!("{TOKEN}\n")).unwrap();
@@ -566,8 +627,11 @@ async fn token_file_is_reread_when_it_changes() {
     c.report_k8s("prod", report_body())
         .await
         .expect("the last good token is kept");
+    let err = KosliClient::new(&cfg).expect_err("an empty token file is refused at start");
     assert!(
-        KosliClient::new(&cfg).is_err(),
-        "an empty token file is refused at start"
+        matches!(&err, Error::Config(message)
+            if message.starts_with(&format!("token file {}: ", path.display()))
+                && message.contains("a Kosli API token is required")),
+        "{err:?}"
     );
 }

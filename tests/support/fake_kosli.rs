@@ -129,6 +129,16 @@ impl FakeKosli {
         Self::start_with(None).await
     }
 
+    /// KOSLI_HOST (first), KOSLI_ORG and KOSLI_API_TOKEN: what points the
+    /// binary at this fake.
+    pub fn cli_env(&self) -> Vec<(String, String)> {
+        vec![
+            ("KOSLI_HOST".into(), self.url.clone()),
+            ("KOSLI_ORG".into(), ORG.into()),
+            ("KOSLI_API_TOKEN".into(), TOKEN.into()),
+        ]
+    }
+
     /// HTTPS on 127.0.0.1 with the given server certificate chain and key (PEM).
     pub async fn start_tls(cert_pem: &str, key_pem: &str) -> Self {
         use rustls::pki_types::pem::PemObject;

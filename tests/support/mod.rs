@@ -1,9 +1,12 @@
 //! Shared by the integration tests. Each test file uses a part of it.
 #![allow(dead_code, clippy::unwrap_used)]
 
+pub mod chart_pod;
 pub mod fake_kosli;
+pub mod helm;
 pub mod operator;
 pub mod testenv;
+pub mod tools;
 pub mod webhook;
 
 use std::path::PathBuf;
@@ -57,6 +60,11 @@ pub fn command(args: &[&str], env: &[(&str, &str)]) -> Command {
 
 pub fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
     command(args, env).output().expect("binary runs")
+}
+
+/// Owned copies of `args`, as `run_async` takes them.
+pub fn strings(args: &[&str]) -> Vec<String> {
+    args.iter().map(|s| s.to_string()).collect()
 }
 
 /// Runs the binary off the async runtime, so a fake Kosli in this process can answer.

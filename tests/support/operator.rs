@@ -88,29 +88,12 @@ impl Operator {
     }
 
     async fn get(&self, path: &str) -> Option<(u16, String)> {
-        kosli_operator::tls::install_crypto_provider();
-        let response = reqwest::Client::new()
-            .get(format!("{}{path}", self.http))
-            .send()
-            .await
-            .ok()?;
-        let status = response.status().as_u16();
-        Some((status, response.text().await.ok()?))
+        get(&self.http, path).await
     }
 
     /// Waits for /readyz, failing with the operator's log if it never comes.
     pub async fn wait_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if let Some((200, _)) = self.get("/readyz").await {
-                return;
-            }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("operator exited with {status}:\n{}", self.log());
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        panic!("operator not ready within 30 s:\n{}", self.log());
+        wait_ready(&mut self.child, &self.http, &self.log).await;
     }
 
     pub async fn metrics(&self) -> String {
@@ -161,6 +144,38 @@ impl Drop for Operator {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// GET `path` from an operator's HTTP port (never through a proxy): its status and body.
+async fn get(http: &str, path: &str) -> Option<(u16, String)> {
+    kosli_operator::tls::install_crypto_provider();
+    let response = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .unwrap()
+        .get(format!("{http}{path}"))
+        .send()
+        .await
+        .ok()?;
+    let status = response.status().as_u16();
+    Some((status, response.text().await.ok()?))
+}
+
+/// Waits until the operator process `child` answers 200 on `http`/readyz, failing
+/// with its log (the file `log`) if it exits or is not ready within 30 s.
+pub async fn wait_ready(child: &mut Child, http: &str, log: &Path) {
+    let log = || std::fs::read_to_string(log).unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if let Some((200, _)) = get(http, "/readyz").await {
+            return;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("operator exited with {status}:\n{}", log());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("operator not ready within 30 s:\n{}", log());
 }
 
 /// Polls `check` every 100 ms until it returns `Some`, or panics with `what`.

@@ -36,13 +36,21 @@ pub struct TestEnv {
     pub amd64_digest: String,
 }
 
-fn var(name: &str) -> String {
+/// A variable the test environment exports; without it the test fails, naming it.
+pub fn var(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| {
         panic!(
-            "{name} is not set: these tests need the real kube-apiserver and registries; \
-             run them through ./hack/test.sh, which starts them"
+            "{name} is not set: these tests need the test environment (kube-apiserver, \
+             registries, helm, kubectl, kubernetes-validate); run them through ./hack/test.sh \
+             or hack/testenv/with-testenv.sh, which install and start it and export \
+             TESTENV_*, HELM, KUBECTL and KUBERNETES_VALIDATE"
         )
     })
+}
+
+/// The path of a tool (or file) the test environment provides: HELM, KUBECTL, ...
+pub fn tool(name: &str) -> PathBuf {
+    PathBuf::from(var(name))
 }
 
 impl TestEnv {
@@ -129,6 +137,28 @@ pub async fn create_namespace(client: &Client, name: &str, labels: &[(&str, &str
         .create(&PostParams::default(), &ns)
         .await
         .unwrap();
+}
+
+/// Creates the namespace unless it exists: tests share one API server.
+pub async fn ensure_namespace(client: &Client, name: &str) {
+    let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
+    match Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &ns)
+        .await
+    {
+        Ok(_) => {}
+        Err(kube::Error::Api(status)) if status.code == 409 => {}
+        Err(e) => panic!("cannot create namespace {name}: {e}"),
+    }
+}
+
+/// The HTTP code and message of the API server's refusal; panics on success or
+/// on an error that is not the API server's answer.
+pub fn api_error<T: std::fmt::Debug>(result: Result<T, kube::Error>) -> (u16, String) {
+    match result {
+        Err(kube::Error::Api(status)) => (status.code, status.message),
+        other => panic!("expected the API server to refuse, got {other:?}"),
+    }
 }
 
 /// A container as the kubelet reports it once running.

@@ -14,7 +14,7 @@ use kosli_operator::core::crd::{KosliEnvironment, KosliEnvironmentStatus};
 use kube::Client;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
-use support::fake_kosli::{FakeKosli, Scripted};
+use support::fake_kosli::{FakeKosli, ORG, Scripted};
 use support::operator::{Operator, eventually};
 use support::pod_names;
 use support::testenv::{
@@ -193,12 +193,15 @@ async fn reports_follow_pods_within_seconds_and_status_tells() {
         .await;
     assert_eq!(sent, Some(3.0), "{}", op.metrics().await);
     assert_eq!(op.metric("kosli_operator_leader").await, Some(1.0));
-    assert!(
-        op.metric(&format!(
+    let payload = op
+        .metric(&format!(
             "kosli_operator_report_payload_bytes{{environment=\"{name}\"}}"
         ))
-        .await
-        .is_some()
+        .await;
+    assert!(
+        payload.is_some_and(|bytes| bytes > 0.0),
+        "payload bytes {payload:?}: {}",
+        op.metrics().await
     );
     let exit = op.terminate().await;
     assert!(exit.success(), "{exit}: {}", op.log());
@@ -682,7 +685,10 @@ async fn auto_create_compliance_and_independent_environments() {
     })
     .await;
     assert!(st.kosli_url.is_some());
-    eventually(SECONDS, "a NonCompliant warning", || async {
+    // The fake's html_url for the environment.
+    let page = format!("https://app.kosli.com/{ORG}/environments/{judged}");
+    assert_eq!(st.kosli_url.as_deref(), Some(page.as_str()));
+    let warning = eventually(SECONDS, "a NonCompliant warning", || async {
         support::testenv::events_about(&s.client, &judged)
             .await
             .into_iter()
@@ -691,6 +697,10 @@ async fn auto_create_compliance_and_independent_environments() {
             })
     })
     .await;
+    assert_eq!(
+        warning.note.as_deref(),
+        Some(format!("Kosli judges what runs in {judged} non-compliant: {page}").as_str())
+    );
 
     // Nothing changes: the status is not rewritten (no status-write loop).
     let api: Api<KosliEnvironment> = Api::all(s.client.clone());

@@ -6,17 +6,9 @@
 mod support;
 
 use serde_json::json;
-use support::fake_kosli::{FakeKosli, ORG, TOKEN};
+use support::fake_kosli::FakeKosli;
 use support::testenv::TestEnv;
 use support::{run_async, stdout};
-
-fn env(fake: &FakeKosli) -> Vec<(String, String)> {
-    vec![
-        ("KOSLI_HOST".into(), fake.url.clone()),
-        ("KOSLI_ORG".into(), ORG.into()),
-        ("KOSLI_API_TOKEN".into(), TOKEN.into()),
-    ]
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_exits_zero_when_compliant_and_one_with_reasons_when_not() {
@@ -42,7 +34,7 @@ async fn check_exits_zero_when_compliant_and_one_with_reasons_when_not() {
             "--environment".into(),
             "prod".into(),
         ],
-        env(&fake),
+        fake.cli_env(),
     )
     .await;
     assert_eq!(o.status.code(), Some(0), "{}", support::stderr(&o));
@@ -63,7 +55,7 @@ async fn check_exits_zero_when_compliant_and_one_with_reasons_when_not() {
             "--policy".into(),
             "p1".into(),
         ],
-        env(&fake),
+        fake.cli_env(),
     )
     .await;
     assert_eq!(o.status.code(), Some(1));
@@ -84,16 +76,20 @@ async fn check_exits_zero_when_compliant_and_one_with_reasons_when_not() {
             .contains("policy_name=p1")
     );
 
+    let nope = format!("{}/{}:nope", t.registry, t.image_repo);
     let o = run_async(
-        vec![
-            "check".into(),
-            format!("{}/{}:nope", t.registry, t.image_repo),
-            "-e".into(),
-            "prod".into(),
-        ],
-        env(&fake),
+        vec!["check".into(), nope.clone(), "-e".into(), "prod".into()],
+        fake.cli_env(),
     )
     .await;
     assert_eq!(o.status.code(), Some(1));
     assert!(stdout(&o).contains("cannot resolve tag"), "{}", stdout(&o));
+    assert_eq!(
+        stdout(&o),
+        format!(
+            "{nope}: cannot resolve tag (failed to resolve {nope}: tag \"nope\" not found in {}/{}); \
+             pin a digest (image@sha256:...)\n",
+            t.registry, t.image_repo
+        )
+    );
 }

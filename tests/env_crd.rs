@@ -9,7 +9,7 @@ mod support;
 use kosli_operator::core::crd::{GateMode, KosliEnvironment};
 use kube::api::{Api, ApiResource, DynamicObject, PostParams};
 use serde_json::{Value, json};
-use support::testenv::{TestEnv, apply_crd, unique};
+use support::testenv::{TestEnv, api_error, apply_crd, unique};
 
 async fn setup() -> kube::Client {
     let client = TestEnv::get().client().await;
@@ -31,14 +31,6 @@ async fn create(
     dynamic(client)
         .create(&PostParams::default(), &object)
         .await
-}
-
-/// The HTTP code and message of a refusal.
-fn rejection(result: Result<DynamicObject, kube::Error>) -> (u16, String) {
-    match result {
-        Err(kube::Error::Api(status)) => (status.code, status.message),
-        other => panic!("expected the server to reject the object, got {other:?}"),
-    }
 }
 
 #[tokio::test]
@@ -78,7 +70,7 @@ async fn invalid_field_values_are_rejected_by_the_schema() {
         ),
     ];
     for (spec, field) in cases {
-        let (code, message) = rejection(create(&client, &unique("invalid"), spec.clone()).await);
+        let (code, message) = api_error(create(&client, &unique("invalid"), spec.clone()).await);
         assert_eq!(code, 422, "{spec}: {message}");
         assert!(
             message.contains(field),

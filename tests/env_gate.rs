@@ -17,7 +17,8 @@ use kube::api::{Api, PostParams};
 use serde_json::json;
 use support::fake_kosli::{FakeKosli, Scripted};
 use support::operator::{Operator, eventually};
-use support::testenv::{TestEnv, apply_crd, create_namespace, unique};
+use support::testenv::{TestEnv, api_error, apply_crd, create_namespace, unique};
+use support::tools::kubectl;
 use support::webhook::{
     ServingCert, delete_validating_webhook, register_validating_webhook, serving_cert,
     webhook_label,
@@ -118,7 +119,7 @@ impl Gate {
         name: &str,
         image: &str,
         pull_secret: Option<&str>,
-    ) -> Result<Pod, String> {
+    ) -> Result<Pod, kube::Error> {
         let mut spec = json!({"containers": [{"name": "app", "image": image}]});
         if let Some(secret) = pull_secret {
             spec["imagePullSecrets"] = json!([{"name": secret}]);
@@ -130,7 +131,28 @@ impl Gate {
         Api::<Pod>::namespaced(self.client.clone(), &self.ns)
             .create(&PostParams::default(), &pod)
             .await
-            .map_err(|e| e.to_string())
+    }
+
+    /// What the API server says before the gate's own message when the gate denies.
+    fn denial_prefix(&self) -> String {
+        format!(
+            "admission webhook \"{}.kosli.com\" denied the request: denied by the Kosli gate: ",
+            self.id
+        )
+    }
+
+    /// The API server's message for a request this test's gate denied: HTTP 400
+    /// (the gate's answer carries no code, and the API server raises any code
+    /// below 400 to 400), the webhook named, the gate's message after
+    /// `denial_prefix`.
+    fn denial<T: std::fmt::Debug>(&self, result: Result<T, kube::Error>) -> String {
+        let (code, message) = api_error(result);
+        assert_eq!(code, 400, "{message}");
+        assert!(
+            message.starts_with(&self.denial_prefix()),
+            "not a denial by this test's gate: {message}"
+        );
+        message
     }
 
     /// Waits until the API server calls the webhook (configurations load asynchronously).
@@ -142,7 +164,7 @@ impl Gate {
             "the webhook to be called",
             || async {
                 match self.create_pod(&unique("probe"), &probe, None).await {
-                    Err(e) if e.contains("denied") => Some(()),
+                    Err(e) if e.to_string().contains("denied") => Some(()),
                     _ => None,
                 }
             },
@@ -184,11 +206,11 @@ async fn compliant_pods_are_admitted_and_non_compliant_deployments_denied_with_r
                      "containers": [{"name": "web", "image": g.image(&g.env.registry, &g.env.index_tag)}]}}}
     }))
     .unwrap();
-    let err = Api::<Deployment>::namespaced(g.client.clone(), &g.ns)
-        .create(&PostParams::default(), &deployment)
-        .await
-        .unwrap_err()
-        .to_string();
+    let err = g.denial(
+        Api::<Deployment>::namespaced(g.client.clone(), &g.ns)
+            .create(&PostParams::default(), &deployment)
+            .await,
+    );
     for needle in [
         "denied the request",
         &g.image(&g.env.registry, &g.env.index_tag),
@@ -210,8 +232,16 @@ async fn compliant_pods_are_admitted_and_non_compliant_deployments_denied_with_r
         g.env.image_repo,
         "9".repeat(64)
     );
-    let err = g.create_pod("unknown", &unknown, None).await.unwrap_err();
+    let err = g.denial(g.create_pod("unknown", &unknown, None).await);
     assert!(err.contains("unknown to Kosli"), "{err}");
+    assert_eq!(
+        err,
+        format!(
+            "{}{unknown} (sha256:{}) is unknown to Kosli: no build of this fingerprint was reported",
+            g.denial_prefix(),
+            "9".repeat(64)
+        )
+    );
 
     let metrics = g.op.metrics().await;
     assert!(metrics.contains("kosli_operator_admission_reviews_total{decision=\"denied\",kind=\"Deployment\",mode=\"Enforce\",operation=\"CREATE\"} 1"), "{metrics}");
@@ -225,38 +255,17 @@ async fn warn_mode_admits_with_a_warning_kubectl_shows() {
     let image = g.image(&g.env.registry, &g.env.index_tag);
     let manifest = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "warned", "namespace": g.ns},
         "spec": {"containers": [{"name": "app", "image": image}]}});
-    let kubectl = std::env::var("KUBECTL").unwrap();
     let output = eventually(
         Duration::from_secs(20),
         "a warning from the webhook",
         || {
-            let (kubectl, manifest) = (kubectl.clone(), manifest.to_string());
+            let manifest = manifest.to_string();
             let kubeconfig = g.env.kubeconfig.clone();
             let name = unique("warned");
             async move {
                 let manifest = manifest.replace("\"warned\"", &format!("\"{name}\""));
                 tokio::task::spawn_blocking(move || {
-                    let mut child = std::process::Command::new(&kubectl)
-                        .args([
-                            "--kubeconfig",
-                            kubeconfig.to_str().unwrap(),
-                            "create",
-                            "-f",
-                            "-",
-                        ])
-                        .stdin(std::process::Stdio::piped())
-                        .stdout(std::process::Stdio::piped())
-                        .stderr(std::process::Stdio::piped())
-                        .spawn()
-                        .unwrap();
-                    use std::io::Write;
-                    child
-                        .stdin
-                        .take()
-                        .unwrap()
-                        .write_all(manifest.as_bytes())
-                        .unwrap();
-                    let out = child.wait_with_output().unwrap();
+                    let out = kubectl(&kubeconfig, &["create", "-f", "-"], &manifest);
                     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
                     (out.status.success() && stderr.contains("Warning:")).then_some(stderr)
                 })
@@ -295,11 +304,16 @@ async fn kosli_outage_admits_cached_compliant_digests_only_and_a_hang_still_gets
         g.env.image_repo,
         "8".repeat(64)
     );
-    let err = g
-        .create_pod("unknown-during-outage", &other, None)
-        .await
-        .unwrap_err();
+    let err = g.denial(g.create_pod("unknown-during-outage", &other, None).await);
     assert!(err.contains("Kosli is unreachable"), "{err}");
+    assert!(
+        err.starts_with(&format!(
+            "{}{other} (sha256:{}) could not be checked for prod: Kosli is unreachable (",
+            g.denial_prefix(),
+            "8".repeat(64)
+        )),
+        "{err}"
+    );
     assert!(!err.contains("not compliant"), "{err}");
 
     // Kosli hangs: the answer still comes from the webhook, before its timeout.
@@ -311,13 +325,18 @@ async fn kosli_outage_admits_cached_compliant_digests_only_and_a_hang_still_gets
         "7".repeat(64)
     );
     let started = Instant::now();
-    let err = g
-        .create_pod("while-kosli-hangs", &hanging, None)
-        .await
-        .unwrap_err();
+    let err = g.denial(g.create_pod("while-kosli-hangs", &hanging, None).await);
     let took = started.elapsed();
     assert!(
         err.contains("denied the request") && err.contains("Kosli is unreachable"),
+        "{err}"
+    );
+    assert!(
+        err.starts_with(&format!(
+            "{}{hanging} (sha256:{}) could not be checked for prod: Kosli is unreachable (",
+            g.denial_prefix(),
+            "7".repeat(64)
+        )),
         "{err}"
     );
     assert!(
@@ -352,12 +371,13 @@ async fn kosli_outage_admits_cached_compliant_digests_only_and_a_hang_still_gets
     late.metadata.name = Some("too-late".into());
     late.metadata.annotations =
         Some([("gate.kosli.com/break-glass-until".to_owned(), expired)].into());
-    let err = Api::<Pod>::namespaced(g.client.clone(), &g.ns)
-        .create(&PostParams::default(), &late)
-        .await
-        .unwrap_err();
+    let err = g.denial(
+        Api::<Pod>::namespaced(g.client.clone(), &g.ns)
+            .create(&PostParams::default(), &late)
+            .await,
+    );
     assert!(
-        err.to_string().contains("not compliant"),
+        err.contains("not compliant"),
         "an expired break-glass is not honoured: {err}"
     );
 
@@ -398,9 +418,16 @@ async fn a_tag_behind_basic_auth_resolves_with_the_pods_pull_secret() {
         .await
         .unwrap();
     let image = g.image(&g.env.registry_basic, &g.env.single_tag);
-    let err = g.create_pod("no-secret", &image, None).await.unwrap_err();
+    let err = g.denial(g.create_pod("no-secret", &image, None).await);
     assert!(
         err.contains("cannot resolve tag") && err.contains("pin a digest"),
+        "{err}"
+    );
+    assert!(
+        err.starts_with(&format!(
+            "{}{image}: cannot resolve tag (",
+            g.denial_prefix()
+        )) && err.ends_with("); pin a digest (image@sha256:...)"),
         "{err}"
     );
     g.create_pod("with-secret", &image, Some("regcred"))

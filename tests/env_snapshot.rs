@@ -15,11 +15,11 @@ use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::Client;
 use kube::api::{Api, PostParams};
 use serde_json::{Value, json};
-use support::fake_kosli::{FakeKosli, ORG, TOKEN};
+use support::fake_kosli::FakeKosli;
 use support::testenv::{
     RunningContainer, TestEnv, create_namespace, create_pod, play_kubelet, running_pod, unique,
 };
-use support::{run_async, stderr};
+use support::{run_async, stderr, strings};
 
 const NGINX: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
 const API: &str = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
@@ -168,17 +168,11 @@ async fn fixture() -> Fixture {
     }
 }
 
+/// The fake's settings, and no retries.
 fn kosli_env(fake: &FakeKosli) -> Vec<(String, String)> {
-    vec![
-        ("KOSLI_HOST".into(), fake.url.clone()),
-        ("KOSLI_ORG".into(), ORG.into()),
-        ("KOSLI_API_TOKEN".into(), TOKEN.into()),
-        ("KOSLI_MAX_API_RETRIES".into(), "0".into()),
-    ]
-}
-
-fn args(list: &[&str]) -> Vec<String> {
-    list.iter().map(|s| s.to_string()).collect()
+    let mut env = fake.cli_env();
+    env.push(("KOSLI_MAX_API_RETRIES".into(), "0".into()));
+    env
 }
 
 fn kubeconfig(env: &TestEnv) -> String {
@@ -192,7 +186,7 @@ async fn live_snapshot_sends_exactly_the_running_pods() {
     fake.add_environment("prod", "K8S");
     let regex = format!("^{}-", f.prefix);
     let o = run_async(
-        args(&[
+        strings(&[
             "snapshot",
             "prod",
             "--kubeconfig",
@@ -227,7 +221,7 @@ async fn namespace_flags_select_on_a_live_cluster() {
     }
     let kc = kubeconfig(&TestEnv::get());
     let o = run_async(
-        args(&["snapshot", "by-name", "--kubeconfig", &kc, "-n", &f.ns_b]),
+        strings(&["snapshot", "by-name", "--kubeconfig", &kc, "-n", &f.ns_b]),
         kosli_env(&fake),
     )
     .await;
@@ -239,7 +233,7 @@ async fn namespace_flags_select_on_a_live_cluster() {
 
     // Excluding lists the whole cluster (other tests' pods too): check ours only.
     let o = run_async(
-        args(&["snapshot", "by-exclude", "--kubeconfig", &kc, "-x", &f.ns_b]),
+        strings(&["snapshot", "by-exclude", "--kubeconfig", &kc, "-x", &f.ns_b]),
         kosli_env(&fake),
     )
     .await;
@@ -269,7 +263,7 @@ async fn config_file_reports_each_environment_its_own_pods() {
     )
     .unwrap();
     let o = run_async(
-        args(&[
+        strings(&[
             "snapshot",
             "-A",
             "--config-file",
@@ -335,7 +329,7 @@ async fn rbac_refusal_fails_only_its_environment_and_sends_nothing_for_it() {
         .unwrap()
         .to_owned();
     let o = run_async(
-        args(&[
+        strings(&[
             "snapshot",
             "--config-file",
             config.to_str().unwrap(),
@@ -362,6 +356,17 @@ async fn rbac_refusal_fails_only_its_environment_and_sends_nothing_for_it() {
     );
     assert!(err.contains("failed to list pods cluster-wide"), "{err}");
     assert!(err.contains("forbidden"), "{err}");
+    // Refused by RBAC, for exactly that identity and scope.
+    for reason in [
+        format!(
+            "User \"testenv-nobody\" cannot list resource \"pods\" in API group \"\" in the namespace \"{}\"",
+            f.ns_b
+        ),
+        "User \"testenv-nobody\" cannot list resource \"pods\" in API group \"\" at the cluster scope"
+            .to_owned(),
+    ] {
+        assert!(err.contains(&reason), "stderr lacks {reason:?}: {err}");
+    }
     assert!(
         err.contains("2 of 3 environments were not reported"),
         "{err}"
@@ -401,7 +406,7 @@ async fn long_pod_lists_are_read_to_the_last_page() {
         vec!["--namespaces-regex".to_owned(), format!("^{ns}$")],
         vec!["-n".to_owned(), ns.clone()],
     ] {
-        let mut a = args(&["snapshot", "many", "--kubeconfig", &kubeconfig(&env)]);
+        let mut a = strings(&["snapshot", "many", "--kubeconfig", &kubeconfig(&env)]);
         a.extend(selector);
         let o = run_async(a, kosli_env(&fake)).await;
         assert!(o.status.success(), "{}", stderr(&o));

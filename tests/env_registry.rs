@@ -5,6 +5,7 @@
 
 mod support;
 
+use kosli_operator::Error;
 use kosli_operator::core::fingerprint::ImageRef;
 use kosli_operator::gate::registry::{RegistryClient, RegistryConfig, RegistryCredentials};
 use support::testenv::TestEnv;
@@ -33,6 +34,27 @@ async fn resolve(
         .await
         .map(|d| d.to_string())
         .map_err(|e| e.to_string())
+}
+
+/// The message of the registry error resolving `image` ends in; the error must
+/// be a registry error about exactly that image, and its text both.
+async fn refusal(image: &ImageRef, credentials: Option<&RegistryCredentials>) -> String {
+    let err = client().resolve(image, credentials).await.unwrap_err();
+    match &err {
+        Error::Registry {
+            image: about,
+            message,
+            ..
+        } => {
+            assert_eq!(*about, image.to_string(), "{err}");
+            assert_eq!(
+                err.to_string(),
+                format!("failed to resolve {image}: {message}")
+            );
+            message.clone()
+        }
+        other => panic!("expected a registry error, got {other:?}"),
+    }
 }
 
 #[tokio::test]
@@ -67,10 +89,24 @@ async fn unknown_tag_is_a_clear_error() {
         .await
         .unwrap_err();
     assert!(err.contains("tag \"no-such-tag\" not found"), "{err}");
+    assert_eq!(
+        refusal(&image(&env.registry, &env.image_repo, "no-such-tag"), None).await,
+        format!(
+            "tag \"no-such-tag\" not found in {}/{}",
+            env.registry, env.image_repo
+        )
+    );
     let err = resolve(&image(&env.registry, "testenv/no-such-repo", "v1"), None)
         .await
         .unwrap_err();
     assert!(err.contains("not found"), "{err}");
+    assert_eq!(
+        refusal(&image(&env.registry, "testenv/no-such-repo", "v1"), None).await,
+        format!(
+            "tag \"v1\" not found in {}/testenv/no-such-repo",
+            env.registry
+        )
+    );
 }
 
 #[tokio::test]
@@ -85,11 +121,21 @@ async fn basic_auth_registry() {
         err.contains("requires credentials and none were found"),
         "{err}"
     );
-    let err = resolve(&img, Some(&creds(&env.registry_basic_user, "wrong")))
-        .await
-        .unwrap_err();
+    assert_eq!(
+        refusal(&img, None).await,
+        format!(
+            "{} requires credentials and none were found",
+            env.registry_basic
+        )
+    );
+    let wrong = creds(&env.registry_basic_user, "wrong");
+    let err = resolve(&img, Some(&wrong)).await.unwrap_err();
     assert!(err.contains("refused the credentials (HTTP 401)"), "{err}");
     assert!(!err.contains("wrong"), "the password never shows: {err}");
+    assert_eq!(
+        refusal(&img, Some(&wrong)).await,
+        format!("{} refused the credentials (HTTP 401)", env.registry_basic)
+    );
 }
 
 #[tokio::test]
@@ -109,15 +155,28 @@ async fn bearer_token_registry() {
         env.index_digest
     );
 
-    let err = resolve(&img, Some(&creds(&env.registry_bearer_user, "wrong")))
-        .await
-        .unwrap_err();
+    let wrong = creds(&env.registry_bearer_user, "wrong");
+    let err = resolve(&img, Some(&wrong)).await.unwrap_err();
     assert!(
         err.contains("token service") && err.contains("refused the credentials"),
         "{err}"
     );
+    assert_eq!(
+        refusal(&img, Some(&wrong)).await,
+        format!(
+            "the token service of {} refused the credentials (HTTP 401)",
+            env.registry_bearer
+        )
+    );
     let err = resolve(&img, None).await.unwrap_err();
     assert!(err.contains("refused"), "{err}");
+    assert_eq!(
+        refusal(&img, None).await,
+        format!(
+            "the token service of {} refused the credentials (HTTP 401)",
+            env.registry_bearer
+        )
+    );
 }
 
 #[tokio::test]
@@ -130,5 +189,10 @@ async fn unreachable_registry_is_a_clear_error() {
             "failed to resolve {host}/app:v1: failed to reach {host}"
         )),
         "{err}"
+    );
+    let message = refusal(&image(host, "app", "v1"), None).await;
+    assert!(
+        message.starts_with(&format!("failed to reach {host}: ")),
+        "{message}"
     );
 }

@@ -15,10 +15,11 @@ use futures::future::BoxFuture;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
+use kosli_operator::Error;
 use kosli_operator::gate::server::{ReviewHandler, ReviewRejection, WebhookConfig, serve};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
-use support::testenv::{TestEnv, create_namespace, unique};
+use support::testenv::{TestEnv, api_error, create_namespace, unique};
 use support::webhook::{
     CleanupOnPanic, ServingCert, delete_validating_webhook, https_client, pod, presented_leaf,
     register_validating_webhook, serving_cert, tls_connect, wait_until_called, webhook_label,
@@ -127,13 +128,6 @@ impl Server {
     }
 }
 
-fn api_message(result: Result<impl std::fmt::Debug, kube::Error>) -> String {
-    match result {
-        Err(kube::Error::Api(status)) => status.message,
-        other => panic!("expected an API error, got {other:?}"),
-    }
-}
-
 /// The API server calls the webhook for pods and workloads in a labelled
 /// namespace, sees the denial (with its message), and admits the rest — which
 /// also proves the response echoes the request uid, or it would be refused.
@@ -164,27 +158,31 @@ async fn the_api_server_calls_the_webhook_and_shows_its_denial() {
     wait_until_called(&client, &ns, || handler.calls()).await;
 
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
-    let message = api_message(
+    // The API server passes on the code and message of the webhook's answer.
+    let denied = format!("admission webhook \"{name}.kosli.com\" denied the request: {DENIAL}");
+    let assert_denied = |(code, message): (u16, String)| {
+        assert!(
+            message.contains(DENIAL) && message.contains(&format!("{name}.kosli.com")),
+            "{message}"
+        );
+        assert_eq!((code, message.as_str()), (403, denied.as_str()));
+    };
+    assert_denied(api_error(
         pods.create(&PostParams::default(), &pod("denied", &[("deny", "yes")]))
             .await,
-    );
-    assert!(
-        message.contains(DENIAL) && message.contains(&format!("{name}.kosli.com")),
-        "{message}"
-    );
+    ));
     pods.create(&PostParams::default(), &pod("admitted", &[("app", "ok")]))
         .await
         .unwrap();
     // UPDATE is reviewed too.
-    let message = api_message(
+    assert_denied(api_error(
         pods.patch(
             "admitted",
             &PatchParams::default(),
             &Patch::Merge(json!({"metadata": {"labels": {"deny": "yes"}}})),
         )
         .await,
-    );
-    assert!(message.contains(DENIAL), "{message}");
+    ));
 
     // Workloads with pod templates go through the same webhook.
     let deployment: Deployment = serde_json::from_value(json!({
@@ -198,12 +196,11 @@ async fn the_api_server_calls_the_webhook_and_shows_its_denial() {
         }
     }))
     .unwrap();
-    let message = api_message(
+    assert_denied(api_error(
         Api::<Deployment>::namespaced(client.clone(), &ns)
             .create(&PostParams::default(), &deployment)
             .await,
-    );
-    assert!(message.contains(DENIAL), "{message}");
+    ));
     let job: Job = serde_json::from_value(json!({
         "metadata": {"name": "batch", "labels": {"deny": "yes"}},
         "spec": {"template": {"spec": {
@@ -212,12 +209,11 @@ async fn the_api_server_calls_the_webhook_and_shows_its_denial() {
         }}}
     }))
     .unwrap();
-    let message = api_message(
+    assert_denied(api_error(
         Api::<Job>::namespaced(client.clone(), &ns)
             .create(&PostParams::default(), &job)
             .await,
-    );
-    assert!(message.contains(DENIAL), "{message}");
+    ));
 
     // A namespace without the label is not the webhook's business.
     Api::<Pod>::namespaced(client.clone(), &unwatched)
@@ -279,6 +275,7 @@ async fn rotated_certificates_are_served_and_broken_ones_ignored() {
     healthz(&server, &cert.ca_pem).await;
     let err = presented_leaf(server.addr, &old_ca).await.unwrap_err();
     assert!(err.contains("certificate"), "{err}");
+    assert_eq!(err, "invalid peer certificate: UnknownIssuer");
 
     server.stop().await;
 }
@@ -487,24 +484,39 @@ async fn start_up_errors_name_the_port_or_file() {
     let addr = taken.local_addr().unwrap();
     let err = start(addr, cert.cert_file.clone(), cert.key_file.clone())
         .await
-        .unwrap_err()
-        .to_string();
-    assert!(err.contains(&addr.to_string()), "{err}");
+        .unwrap_err();
+    assert!(err.to_string().contains(&addr.to_string()), "{err}");
+    assert!(
+        matches!(&err, Error::Config(message)
+            if message.starts_with(&format!("failed to listen on webhook address {addr}: "))),
+        "{err:?}"
+    );
 
     let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
     let missing = cert.dir().join("missing.key");
     let err = start(any, cert.cert_file.clone(), missing.clone())
         .await
-        .unwrap_err()
-        .to_string();
-    assert!(err.contains(missing.to_str().unwrap()), "{err}");
+        .unwrap_err();
+    assert!(err.to_string().contains(missing.to_str().unwrap()), "{err}");
+    assert!(
+        matches!(&err, Error::Config(message)
+            if message.starts_with(&format!("failed to read webhook key file {}: ", missing.display()))),
+        "{err:?}"
+    );
 
     cert.write_garbage_cert();
     let err = start(any, cert.cert_file.clone(), cert.key_file.clone())
         .await
-        .unwrap_err()
-        .to_string();
-    assert!(err.contains(cert.cert_file.to_str().unwrap()), "{err}");
+        .unwrap_err();
+    assert!(
+        err.to_string().contains(cert.cert_file.to_str().unwrap()),
+        "{err}"
+    );
+    assert!(
+        matches!(&err, Error::Config(message)
+            if *message == format!("webhook TLS: no certificate in certificate file {}", cert.cert_file.display())),
+        "{err:?}"
+    );
 }
 
 /// With the webhook down, failurePolicy Fail refuses every pod in its
@@ -542,7 +554,7 @@ async fn a_stopped_webhook_blocks_pods_only_under_failure_policy_fail() {
     server.stop().await;
 
     let (fail_ns, fail_name) = &names[0];
-    let message = api_message(
+    let (code, message) = api_error(
         Api::<Pod>::namespaced(client.clone(), fail_ns)
             .create(&PostParams::default(), &pod("blocked", &[]))
             .await,
@@ -550,6 +562,13 @@ async fn a_stopped_webhook_blocks_pods_only_under_failure_policy_fail() {
     assert!(
         message.contains("failed calling webhook")
             && message.contains(&format!("{fail_name}.kosli.com")),
+        "{message}"
+    );
+    assert_eq!(code, 500, "{message}");
+    assert!(
+        message.starts_with(&format!(
+            "Internal error occurred: failed calling webhook \"{fail_name}.kosli.com\": "
+        )),
         "{message}"
     );
     let (ignore_ns, _) = &names[1];
