@@ -487,8 +487,8 @@ async fn start_up_errors_name_the_port_or_file() {
         .unwrap_err();
     assert!(err.to_string().contains(&addr.to_string()), "{err}");
     assert!(
-        matches!(&err, Error::Config(message)
-            if message.starts_with(&format!("failed to listen on webhook address {addr}: "))),
+        matches!(&err, Error::Io { what, .. }
+            if *what == format!("listen on webhook address {addr}")),
         "{err:?}"
     );
 
@@ -499,8 +499,8 @@ async fn start_up_errors_name_the_port_or_file() {
         .unwrap_err();
     assert!(err.to_string().contains(missing.to_str().unwrap()), "{err}");
     assert!(
-        matches!(&err, Error::Config(message)
-            if message.starts_with(&format!("failed to read webhook key file {}: ", missing.display()))),
+        matches!(&err, Error::WebhookCertificate { problem, source: Some(_) }
+            if *problem == format!("failed to read webhook key file {}", missing.display())),
         "{err:?}"
     );
 
@@ -513,8 +513,15 @@ async fn start_up_errors_name_the_port_or_file() {
         "{err}"
     );
     assert!(
-        matches!(&err, Error::Config(message)
-            if *message == format!("webhook TLS: no certificate in certificate file {}", cert.cert_file.display())),
+        matches!(&err, Error::WebhookCertificate { source: None, .. }),
+        "{err:?}"
+    );
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "webhook TLS: no certificate in certificate file {}",
+            cert.cert_file.display()
+        ),
         "{err:?}"
     );
 }
