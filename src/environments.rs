@@ -184,10 +184,6 @@ impl EnvironmentIndex {
         gone
     }
 
-    pub fn get(&self, name: &str) -> Option<Arc<IndexedEnvironment>> {
-        self.read().get(name).cloned()
-    }
-
     /// Every environment, in name order.
     pub fn all(&self) -> Vec<Arc<IndexedEnvironment>> {
         self.read().values().cloned().collect()
@@ -324,8 +320,8 @@ mod tests {
         index.apply(env("gone", 1, serde_json::json!({})));
         let present = BTreeSet::from(["keep".to_owned()]);
         assert_eq!(index.retain(&present), vec!["gone"]);
-        assert!(index.get("gone").is_none());
-        assert!(index.get("keep").is_some());
+        let left: Vec<String> = index.all().iter().map(|e| e.object.clone()).collect();
+        assert_eq!(left, vec!["keep"]);
         assert!(!index.is_synced());
         index.set_synced();
         assert!(index.is_synced());

@@ -228,16 +228,8 @@ impl Machine {
         self
     }
 
-    pub fn outcome(&self) -> &Outcome {
-        &self.outcome
-    }
-
     pub fn summary(&self) -> Option<&Summary> {
         self.summary.as_ref()
-    }
-
-    pub fn is_leading(&self) -> bool {
-        self.leading
     }
 
     /// Takes one input; returns the effects to perform, in order.

@@ -134,13 +134,30 @@ impl Harness {
         self.machine.step(input, now)
     }
 
+    /// A change, the debounce, and a build of `hash`: what the build leads to.
+    fn change_and_build(&mut self, hash: &str) -> Vec<Effect> {
+        self.step(Input::Changed);
+        self.wake_and_build(hash)
+    }
+
+    /// The next wake time comes and asks for a build of `hash`: what it leads to.
+    fn wake_and_build(&mut self, hash: &str) -> Vec<Effect> {
+        assert_eq!(self.tick_at_wake(), vec![Effect::Build]);
+        self.step(Input::Built(Some(summary(hash))))
+    }
+
+    /// Kosli's answer to a send.
+    fn sent(&mut self, result: Result<(), Failure>) -> Vec<Effect> {
+        self.step(Input::Sent {
+            ensured: false,
+            result,
+        })
+    }
+
     /// A full successful report of `hash`, from a Build onwards.
     fn report(&mut self, hash: &str) {
         assert_eq!(self.step(Input::Built(Some(summary(hash)))), vec![send()]);
-        let effects = self.step(Input::Sent {
-            ensured: false,
-            result: Ok(()),
-        });
+        let effects = self.sent(Ok(()));
         assert!(effects.contains(&Effect::RefreshCompliance), "{effects:?}");
         self.step(Input::Compliance(None));
     }
@@ -223,9 +240,7 @@ fn an_unchanged_snapshot_is_not_sent_until_the_heartbeat() {
 fn a_changed_snapshot_is_sent() {
     let mut h = Harness::new();
     h.first_report("a");
-    h.step(Input::Changed);
-    h.tick_at_wake();
-    assert_eq!(h.step(Input::Built(Some(summary("b")))), vec![send()]);
+    assert_eq!(h.change_and_build("b"), vec![send()]);
 }
 
 #[test]
@@ -240,16 +255,11 @@ fn nothing_is_sent_from_an_incomplete_view() {
 #[test]
 fn a_transient_failure_backs_off_exponentially() {
     let mut h = Harness::new();
-    h.step(Input::Changed);
-    h.tick_at_wake();
-    h.step(Input::Built(Some(summary("a"))));
+    h.change_and_build("a");
     let mut delays = Vec::new();
     for _ in 0..4 {
         let failed_at = h.at();
-        h.step(Input::Sent {
-            ensured: false,
-            result: Err(transient("HTTP 503", None)),
-        });
+        h.sent(Err(transient("HTTP 503", None)));
         let wake = h.machine.next_wake().unwrap();
         delays.push(wake - failed_at);
         assert_eq!(h.tick_at_wake(), vec![Effect::Build]);
@@ -265,13 +275,8 @@ fn a_transient_failure_backs_off_exponentially() {
 #[test]
 fn a_change_during_backoff_does_not_send_early() {
     let mut h = Harness::new();
-    h.step(Input::Changed);
-    h.tick_at_wake();
-    h.step(Input::Built(Some(summary("a"))));
-    h.step(Input::Sent {
-        ensured: false,
-        result: Err(transient("HTTP 503", None)),
-    });
+    h.change_and_build("a");
+    h.sent(Err(transient("HTTP 503", None)));
     h.step(Input::Changed);
     assert_eq!(h.tick_at_wake(), vec![Effect::Build]);
     assert_eq!(
@@ -286,14 +291,9 @@ fn a_change_during_backoff_does_not_send_early() {
 #[test]
 fn retry_after_is_honoured_when_longer_than_the_backoff() {
     let mut h = Harness::new();
-    h.step(Input::Changed);
-    h.tick_at_wake();
-    h.step(Input::Built(Some(summary("a"))));
+    h.change_and_build("a");
     let failed_at = h.at();
-    h.step(Input::Sent {
-        ensured: false,
-        result: Err(transient("HTTP 429", Some(Duration::from_secs(45)))),
-    });
+    h.sent(Err(transient("HTTP 429", Some(Duration::from_secs(45)))));
     assert_eq!(
         h.machine.next_wake(),
         Some(failed_at + Duration::from_secs(45))
@@ -303,14 +303,9 @@ fn retry_after_is_honoured_when_longer_than_the_backoff() {
 #[test]
 fn a_retry_after_beyond_the_cap_falls_back_to_the_backoff() {
     let mut h = Harness::new();
-    h.step(Input::Changed);
-    h.tick_at_wake();
-    h.step(Input::Built(Some(summary("a"))));
+    h.change_and_build("a");
     let failed_at = h.at();
-    h.step(Input::Sent {
-        ensured: false,
-        result: Err(transient("HTTP 429", Some(Duration::from_secs(3600)))),
-    });
+    h.sent(Err(transient("HTTP 429", Some(Duration::from_secs(3600)))));
     let wait = h.machine.next_wake().unwrap() - failed_at;
     assert!(wait < Duration::from_secs(2), "{wait:?}");
 }
@@ -318,14 +313,9 @@ fn a_retry_after_beyond_the_cap_falls_back_to_the_backoff() {
 #[test]
 fn a_permanent_failure_holds_until_the_hold_ends() {
     let mut h = Harness::new();
-    h.step(Input::Changed);
-    h.tick_at_wake();
-    h.step(Input::Built(Some(summary("a"))));
+    h.change_and_build("a");
     let failed_at = h.at();
-    let effects = h.step(Input::Sent {
-        ensured: false,
-        result: Err(permanent("Unauthorized", 401)),
-    });
+    let effects = h.sent(Err(permanent("Unauthorized", 401)));
     assert_eq!(events(&effects), vec![(EventType::Warning, "Unauthorized")]);
     assert_eq!(
         h.condition("Degraded"),
@@ -342,13 +332,8 @@ fn a_permanent_failure_holds_until_the_hold_ends() {
 #[test]
 fn a_spec_change_releases_the_hold_at_once() {
     let mut h = Harness::new();
-    h.step(Input::Changed);
-    h.tick_at_wake();
-    h.step(Input::Built(Some(summary("a"))));
-    h.step(Input::Sent {
-        ensured: false,
-        result: Err(permanent("KosliRejectedReport", 400)),
-    });
+    h.change_and_build("a");
+    h.sent(Err(permanent("KosliRejectedReport", 400)));
     h.advance(Duration::from_secs(5));
     let changed = Spec {
         generation: Some(2),
@@ -402,31 +387,18 @@ fn an_invalid_spec_is_degraded_and_recorded_once_per_message() {
 #[test]
 fn report_failed_is_recorded_once_and_recovery_once() {
     let mut h = Harness::new();
-    h.step(Input::Changed);
-    h.tick_at_wake();
-    h.step(Input::Built(Some(summary("a"))));
-    let first = h.step(Input::Sent {
-        ensured: false,
-        result: Err(transient("HTTP 503", None)),
-    });
+    h.change_and_build("a");
+    let first = h.sent(Err(transient("HTTP 503", None)));
     assert_eq!(events(&first), vec![(EventType::Warning, "ReportFailed")]);
-    h.tick_at_wake();
-    h.step(Input::Built(Some(summary("a"))));
-    let again = h.step(Input::Sent {
-        ensured: false,
-        result: Err(transient("HTTP 502", None)),
-    });
+    h.wake_and_build("a");
+    let again = h.sent(Err(transient("HTTP 502", None)));
     assert!(events(&again).is_empty(), "still failing: no new Event");
     assert_eq!(
         h.condition("Ready"),
         ("False".into(), "KosliUnavailable".into())
     );
-    h.tick_at_wake();
-    h.step(Input::Built(Some(summary("a"))));
-    let recovered = h.step(Input::Sent {
-        ensured: false,
-        result: Ok(()),
-    });
+    h.wake_and_build("a");
+    let recovered = h.sent(Ok(()));
     assert_eq!(
         events(&recovered),
         vec![(EventType::Normal, "ReportRecovered")]
@@ -434,26 +406,16 @@ fn report_failed_is_recorded_once_and_recovery_once() {
     h.step(Input::Compliance(None));
     assert_eq!(h.condition("Ready"), ("True".into(), "Reported".into()));
     // A later success is no recovery.
-    h.step(Input::Changed);
-    h.tick_at_wake();
-    h.step(Input::Built(Some(summary("b"))));
-    let ok = h.step(Input::Sent {
-        ensured: false,
-        result: Ok(()),
-    });
+    h.change_and_build("b");
+    let ok = h.sent(Ok(()));
     assert!(events(&ok).is_empty());
 }
 
 #[test]
 fn the_first_report_records_no_recovery() {
     let mut h = Harness::new();
-    h.step(Input::Changed);
-    h.tick_at_wake();
-    h.step(Input::Built(Some(summary("a"))));
-    let effects = h.step(Input::Sent {
-        ensured: false,
-        result: Ok(()),
-    });
+    h.change_and_build("a");
+    let effects = h.sent(Ok(()));
     assert_eq!(effects, vec![Effect::RefreshCompliance]);
 }
 
@@ -503,16 +465,9 @@ fn no_report_for_two_heartbeats_is_stale() {
     // The heartbeat fails, and keeps failing with long Retry-Afters.
     assert_eq!(h.tick_at_wake(), vec![Effect::Build]);
     h.step(Input::Built(Some(summary("a"))));
-    h.step(Input::Sent {
-        ensured: false,
-        result: Err(transient("HTTP 429", Some(Duration::from_secs(299)))),
-    });
-    h.tick_at_wake();
-    h.step(Input::Built(Some(summary("a"))));
-    h.step(Input::Sent {
-        ensured: false,
-        result: Err(transient("HTTP 429", Some(Duration::from_secs(299)))),
-    });
+    h.sent(Err(transient("HTTP 429", Some(Duration::from_secs(299)))));
+    h.wake_and_build("a");
+    h.sent(Err(transient("HTTP 429", Some(Duration::from_secs(299)))));
     assert_eq!(
         h.machine.next_wake(),
         Some(sent_at + 2 * HEARTBEAT + Duration::from_secs(1)),
@@ -571,9 +526,7 @@ fn auto_create_ensures_the_environment_until_it_is_known() {
         result: Ok(()),
     });
     h.step(Input::Compliance(None));
-    h.step(Input::Changed);
-    h.tick_at_wake();
-    assert_eq!(h.step(Input::Built(Some(summary("b")))), vec![send()]);
+    assert_eq!(h.change_and_build("b"), vec![send()]);
 }
 
 #[test]
@@ -585,13 +538,8 @@ fn dry_run_reports_without_asking_for_compliance() {
         },
         spec(),
     );
-    h.step(Input::Changed);
-    h.tick_at_wake();
-    h.step(Input::Built(Some(summary("a"))));
-    let effects = h.step(Input::Sent {
-        ensured: false,
-        result: Ok(()),
-    });
+    h.change_and_build("a");
+    let effects = h.sent(Ok(()));
     assert_eq!(effects, vec![Effect::WriteStatus]);
     assert_eq!(h.condition("Ready"), ("True".into(), "DryRun".into()));
 }
@@ -627,10 +575,7 @@ fn every_due_time_is_spent_once() {
                 Err(transient("HTTP 503", None))
             };
             if h.step(Input::Built(Some(summary("a")))) == vec![send()] {
-                h.step(Input::Sent {
-                    ensured: false,
-                    result,
-                });
+                h.sent(result);
             }
         }
         let wake = h.machine.next_wake().expect("a heartbeat is always ahead");
