@@ -177,14 +177,21 @@ struct Waiter<'a, K: Hash + Eq, T> {
 
 impl<K: Hash + Eq, T> Drop for Waiter<'_, K, T> {
     fn drop(&mut self) {
-        let mut lookups = lock(self.lookups);
-        let Some(lookup) = lookups.get_mut(&self.key).filter(|l| l.id == self.id) else {
-            return;
+        let abandoned = {
+            let mut lookups = lock(self.lookups);
+            let Some(lookup) = lookups.get_mut(&self.key).filter(|l| l.id == self.id) else {
+                return;
+            };
+            lookup.waiters = lookup.waiters.saturating_sub(1);
+            if lookup.waiters == 0 && !self.answered {
+                lookups.remove(&self.key)
+            } else {
+                None
+            }
         };
-        lookup.waiters = lookup.waiters.saturating_sub(1);
-        if lookup.waiters == 0 && !self.answered {
+        // Outside the lock: the aborted task's guard takes it too.
+        if let Some(lookup) = abandoned {
             lookup.task.abort();
-            lookups.remove(&self.key);
         }
     }
 }
