@@ -202,10 +202,46 @@ pub enum Error {
         source: serde_json::Error,
     },
 
+    /// An HTTP answer whose body is over what we read of it: registries and
+    /// Kosli are read with a cap so that an endless body cannot exhaust memory.
+    #[error("{what} is larger than {}{}", size_text(*limit), declared.map(|d| format!(" (it declares {d} bytes)")).unwrap_or_default())]
+    BodyTooLarge {
+        what: &'static str,
+        limit: u64,
+        /// The Content-Length the answer declared, when that alone refused it.
+        declared: Option<u64>,
+    },
+
+    /// The connection failed while an answer's body was being read.
+    #[error("failed to read {what}")]
+    BodyRead {
+        what: &'static str,
+        #[source]
+        source: reqwest::Error,
+    },
+
+    /// A shared gate lookup that ended without an answer of its own: it ran
+    /// out of its time or panicked. `what` names it ("the registry lookup").
+    #[error("{what} {problem}")]
+    Lookup { what: &'static str, problem: String },
+
     /// One error seen by every caller that waited on the same in-flight lookup
     /// (a shared future's output must be `Clone`).
     #[error(transparent)]
     Shared(Arc<Error>),
+}
+
+/// `4 MiB`, `512 KiB` or `100 bytes`: body limits as people write them.
+fn size_text(bytes: u64) -> String {
+    const KIB: u64 = 1024;
+    const MIB: u64 = 1024 * KIB;
+    if bytes >= MIB && bytes.is_multiple_of(MIB) {
+        format!("{} MiB", bytes / MIB)
+    } else if bytes >= KIB && bytes.is_multiple_of(KIB) {
+        format!("{} KiB", bytes / KIB)
+    } else {
+        format!("{bytes} bytes")
+    }
 }
 
 /// Statuses worth retrying: 429, 409 (a transient lock on Kosli's side) and 5xx
@@ -332,7 +368,10 @@ impl Error {
             | Error::DockerConfig(_)
             | Error::Image(_)
             | Error::RenderYaml { .. }
-            | Error::Serialize { .. } => false,
+            | Error::Serialize { .. }
+            | Error::BodyTooLarge { .. }
+            | Error::BodyRead { .. }
+            | Error::Lookup { .. } => false,
         }
     }
 
@@ -384,5 +423,26 @@ mod tests {
         let shared = Error::Shared(Arc::new(Error::Config("x".to_owned())));
         assert!(shared.is_usage());
         assert_eq!(shared.to_string(), "invalid configuration: x");
+    }
+
+    #[test]
+    fn body_limits_read_as_people_write_them() {
+        let big = |limit, declared| Error::BodyTooLarge {
+            what: "the manifest",
+            limit,
+            declared,
+        };
+        assert_eq!(
+            big(4 << 20, None).to_string(),
+            "the manifest is larger than 4 MiB"
+        );
+        assert_eq!(
+            big(512 << 10, Some(1 << 30)).to_string(),
+            "the manifest is larger than 512 KiB (it declares 1073741824 bytes)"
+        );
+        assert_eq!(
+            big(100, None).to_string(),
+            "the manifest is larger than 100 bytes"
+        );
     }
 }

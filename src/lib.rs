@@ -4,7 +4,8 @@
 //! The modules, lowest layer first; each uses only those above it in this list
 //! (`docs/architecture.md` draws the data paths through them):
 //!
-//! - [`error`], [`tls`]: the one error type and process-wide TLS set-up.
+//! - [`error`], [`tls`], [`http_body`]: the one error type, process-wide TLS
+//!   set-up and capped reads of HTTP answers.
 //! - [`core`]: pure decisions and data: fingerprints and image references, the
 //!   compact pod record, namespace and pod selection, the snapshot engine and
 //!   the KosliEnvironment resource. No I/O, no async.
@@ -25,6 +26,7 @@
 #![warn(clippy::expect_used, clippy::panic)]
 
 pub mod error;
+pub mod http_body;
 pub mod tls;
 
 pub mod core;

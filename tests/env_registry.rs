@@ -196,3 +196,26 @@ async fn unreachable_registry_is_a_clear_error() {
         "{message}"
     );
 }
+
+#[tokio::test]
+async fn a_cached_token_serves_only_the_credentials_it_was_minted_for() {
+    // Issue 11, finding 11: tokens were cached by username, so a wrong (or
+    // rotated-away) password with the same user reused the right one's token.
+    let env = TestEnv::get();
+    let img = image(&env.registry_bearer, &env.image_repo, &env.single_tag);
+    let good = creds(&env.registry_bearer_user, &env.registry_bearer_password);
+    let wrong = creds(&env.registry_bearer_user, "wrong");
+    let c = client();
+    assert_eq!(
+        c.resolve(&img, Some(&good)).await.unwrap().to_string(),
+        env.single_digest
+    );
+    let err = c.resolve(&img, Some(&wrong)).await.unwrap_err().to_string();
+    assert_eq!(
+        err,
+        format!(
+            "failed to resolve {img}: the token service of {} refused the credentials (HTTP 401)",
+            env.registry_bearer
+        )
+    );
+}

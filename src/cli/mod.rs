@@ -279,6 +279,17 @@ pub struct GateArgs {
     /// Extra PEM CA certificates trusted for registries.
     #[arg(long)]
     pub registry_ca_bundle: Option<PathBuf>,
+
+    /// Hosts (host or host:port) a registry's Bearer token realm may name,
+    /// besides the registry's own host, its parent domain and, for Docker Hub,
+    /// auth.docker.io. Registry credentials are sent to no other host.
+    #[arg(long, value_delimiter = ',')]
+    pub registry_token_hosts: Vec<String>,
+
+    /// Registry and Kosli lookups in flight at once, across all reviews; a
+    /// review waits for a free one within its deadline.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
+    pub gate_max_lookups: u32,
 }
 
 impl GateArgs {

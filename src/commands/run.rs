@@ -243,10 +243,14 @@ fn gate_handler(args: &RunArgs, cluster: GateCluster) -> Result<GateHandler> {
         connect_timeout: deadline.min(Duration::from_secs(5)),
         ca_bundle,
         plain_http: args.gate.insecure_registries.clone(),
+        token_hosts: args.gate.registry_token_hosts.clone(),
+        ..RegistryConfig::default()
     })?;
     let options = ResolverOptions {
         compliant_ttl: args.gate.gate_compliant_cache,
         non_compliant_ttl: args.gate.gate_non_compliant_cache,
+        max_lookups: args.gate.gate_max_lookups as usize,
+        lookup_timeout: deadline,
         ..ResolverOptions::default()
     };
     let resolver =

@@ -6,8 +6,10 @@
 //! shared in-flight requests and a circuit breaker; `handler` ties them together
 //! behind the HTTPS server of `crate::gate::server`.
 
+pub mod bounded_map;
 pub mod decision;
 pub mod handler;
+pub mod in_flight;
 pub mod pull_secrets;
 pub mod registry;
 pub mod resolver;

@@ -7,8 +7,12 @@
 //! Basic, and the Bearer token flow; registry tokens are cached until they expire.
 //! Registries on loopback are spoken to over plain HTTP, as container runtimes do;
 //! all others over verified HTTPS.
+//!
+//! The registry is whatever a pod spec names, so everything it answers is
+//! hostile until checked: bodies are read with a cap, token lifetimes are
+//! capped, and credentials follow a token realm only to the registry's own host
+//! (or one the operator was told to trust), over HTTPS. See [`realm_refusal`].
 
-use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -18,8 +22,10 @@ use reqwest::{StatusCode, Url};
 use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
 
+use super::bounded_map::BoundedMap;
 use crate::core::fingerprint::{DOCKER_HUB, Digest, ImageRef};
 use crate::error::{Error, Result, chain};
+use crate::http_body::{MIB, read_capped};
 
 /// Every manifest media type we accept: the index kinds first, so a registry that
 /// negotiates returns the top-level object for multi-platform images.
@@ -30,6 +36,20 @@ const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, \
 
 /// Docker Hub's API host: `docker.io` names it but does not serve it.
 const DOCKER_HUB_API: &str = "registry-1.docker.io";
+/// Docker Hub's token service, the one realm host it may name besides its own.
+const DOCKER_HUB_AUTH: &str = "auth.docker.io";
+
+/// The OCI distribution spec's limit for a manifest a registry must accept.
+pub const MANIFEST_LIMIT: u64 = 4 * MIB;
+/// A token answer is a few KiB of JSON; 1 MiB leaves room for huge JWTs.
+pub const TOKEN_ANSWER_LIMIT: u64 = MIB;
+/// Redirects followed per request: registries redirect once or twice at most.
+const MAX_REDIRECTS: usize = 3;
+/// Tokens are reused at most this long, whatever the registry says: an
+/// `expires_in` near the numeric limit must neither overflow nor live forever.
+const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(3600);
+/// Cached tokens: one per registry, repository and set of credentials.
+pub const DEFAULT_TOKEN_CACHE_ENTRIES: usize = 10_000;
 
 /// Tokens are dropped this long before the registry says they expire.
 const TOKEN_EXPIRY_MARGIN: Duration = Duration::from_secs(10);
@@ -49,6 +69,20 @@ impl std::fmt::Debug for RegistryCredentials {
     }
 }
 
+impl RegistryCredentials {
+    /// What caches are keyed by: a hash of username and password, so that a
+    /// rotated password never reuses the old one's token or digest, and two
+    /// secrets with the same user never share. Never logged.
+    pub fn cache_key(&self) -> String {
+        let mut hash = Sha256::new();
+        // Length-prefixed, so ("ab", "c") and ("a", "bc") differ.
+        hash.update((self.username.len() as u64).to_be_bytes());
+        hash.update(self.username.as_bytes());
+        hash.update(self.password.as_bytes());
+        hex::encode(hash.finalize())
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct RegistryConfig {
     pub connect_timeout: Duration,
@@ -57,6 +91,11 @@ pub struct RegistryConfig {
     pub ca_bundle: Option<Vec<u8>>,
     /// Registries (host[:port]) spoken to over plain HTTP although not on loopback.
     pub plain_http: Vec<String>,
+    /// Hosts (or host:port) a registry's token realm may name besides the
+    /// registry's own host, its parent domain and Docker Hub's auth.docker.io.
+    pub token_hosts: Vec<String>,
+    /// Cached registry tokens at most; the oldest are forgotten first.
+    pub token_cache_entries: usize,
 }
 
 impl Default for RegistryConfig {
@@ -66,6 +105,8 @@ impl Default for RegistryConfig {
             request_timeout: Duration::from_secs(10),
             ca_bundle: None,
             plain_http: Vec::new(),
+            token_hosts: Vec::new(),
+            token_cache_entries: DEFAULT_TOKEN_CACHE_ENTRIES,
         }
     }
 }
@@ -74,15 +115,17 @@ impl Default for RegistryConfig {
 pub struct RegistryClient {
     http: reqwest::Client,
     plain_http: Vec<String>,
+    token_hosts: Vec<String>,
     /// Bearer tokens by (registry, repository) and the credentials they were minted for.
-    tokens: Mutex<HashMap<TokenKey, CachedToken>>,
+    tokens: Mutex<BoundedMap<TokenKey, CachedToken>>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
 struct TokenKey {
     registry: String,
     repository: String,
-    username: Option<String>,
+    /// [`RegistryCredentials::cache_key`]: the credentials' hash, not the user.
+    credentials: Option<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -106,7 +149,106 @@ enum Challenge {
 struct TokenResponse {
     token: Option<String>,
     access_token: Option<String>,
-    expires_in: Option<u64>,
+    /// Any JSON: a float, a string or a negative number is nonsense, not an error.
+    expires_in: Option<serde_json::Value>,
+}
+
+/// How long a token is reused: what the registry says, capped at an hour; a
+/// missing, zero or nonsensical lifetime is the spec's 60 s.
+fn token_lifetime(expires_in: Option<&serde_json::Value>) -> Duration {
+    match expires_in.and_then(serde_json::Value::as_u64) {
+        None | Some(0) => DEFAULT_TOKEN_LIFETIME,
+        Some(seconds) => Duration::from_secs(seconds).min(MAX_TOKEN_LIFETIME),
+    }
+}
+
+/// Why credentials must not go to `realm`, the token service a registry at
+/// `registry_host` named in its 401; `None` when they may. Credentials stay with
+/// their registry: the realm must be the registry's own host (any port), its
+/// parent domain (registry.gitlab.com gets tokens from gitlab.com: a registry
+/// is run by whoever owns the domain above it), Docker Hub's auth.docker.io
+/// for Docker Hub, or a host in `trusted`; and it must be HTTPS, or plain HTTP
+/// to loopback or to a registry the operator was told speaks plain HTTP.
+pub fn realm_refusal(
+    registry_host: &str,
+    realm: &Url,
+    trusted: &[String],
+    plain_http: &[String],
+) -> Option<String> {
+    let Some(host) = realm.host_str() else {
+        return Some(format!("the token realm {realm} has no host"));
+    };
+    let host = host.to_ascii_lowercase();
+    let with_port = match realm.port() {
+        Some(port) => format!("{host}:{port}"),
+        None => host.clone(),
+    };
+    let registry = host_of(registry_host).to_ascii_lowercase();
+    let named = |list: &[String]| {
+        list.iter()
+            .any(|h| h.eq_ignore_ascii_case(&host) || h.eq_ignore_ascii_case(&with_port))
+    };
+    let own = host == registry
+        || (registry == DOCKER_HUB_API && host == DOCKER_HUB_AUTH)
+        || parent_domain(&registry).is_some_and(|parent| parent == host)
+        || named(trusted);
+    if !own {
+        return Some(format!(
+            "the token realm {realm} is not on {registry_host}'s own host; credentials are \
+             sent only to the registry (add the host to --registry-token-hosts to trust it)"
+        ));
+    }
+    match realm.scheme() {
+        "https" => None,
+        "http" if is_loopback_registry(&with_port) || named(plain_http) => None,
+        _ => Some(format!(
+            "the token realm {realm} is not HTTPS; credentials go over plain HTTP only to loopback"
+        )),
+    }
+}
+
+/// `registry.gitlab.com` -> `gitlab.com`; none for a two-label name or an IP.
+fn parent_domain(host: &str) -> Option<&str> {
+    if host.parse::<IpAddr>().is_ok() || host.starts_with('[') {
+        return None;
+    }
+    let (_, parent) = host.split_once('.')?;
+    parent.contains('.').then_some(parent)
+}
+
+/// `host:port` -> `host` (IPv6 brackets kept).
+fn host_of(registry: &str) -> &str {
+    match registry.rsplit_once(':') {
+        Some((name, port)) if port.chars().all(|c| c.is_ascii_digit()) && !name.is_empty() => name,
+        _ => registry,
+    }
+}
+
+/// Why a redirect from `previous` (after `hops` requests) to `next` must not be
+/// followed; `None` when it may. Never from HTTPS down to plain HTTP, plain HTTP
+/// only to loopback, and a few hops at most. Cross-host redirects lose the
+/// Authorization header on the way (reqwest strips it).
+pub fn redirect_refusal(previous: &Url, next: &Url, hops: usize) -> Option<String> {
+    if hops > MAX_REDIRECTS {
+        return Some(format!("more than {MAX_REDIRECTS} redirects"));
+    }
+    match next.scheme() {
+        "https" => None,
+        "http" if previous.scheme() == "https" => Some(format!(
+            "refused a redirect from HTTPS to plain HTTP ({next})"
+        )),
+        "http" if is_loopback_url(next) => None,
+        _ => Some(format!("refused a redirect to {next}: not HTTPS")),
+    }
+}
+
+fn is_loopback_url(url: &Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    }
 }
 
 fn registry_error(image: &ImageRef, message: impl Into<String>) -> Error {
@@ -119,10 +261,20 @@ fn registry_error(image: &ImageRef, message: impl Into<String>) -> Error {
 impl RegistryClient {
     pub fn new(config: &RegistryConfig) -> Result<Self> {
         crate::tls::install_crypto_provider();
+        let redirects = reqwest::redirect::Policy::custom(|attempt| {
+            let refusal = attempt.previous().last().and_then(|previous| {
+                redirect_refusal(previous, attempt.url(), attempt.previous().len())
+            });
+            match refusal {
+                Some(why) => attempt.error(why),
+                None => attempt.follow(),
+            }
+        });
         let mut builder = reqwest::Client::builder()
             .user_agent(crate::kosli::USER_AGENT)
             .connect_timeout(config.connect_timeout)
-            .timeout(config.request_timeout);
+            .timeout(config.request_timeout)
+            .redirect(redirects);
         if let Some(pem) = &config.ca_bundle {
             let certs = reqwest::Certificate::from_pem_bundle(pem)
                 .map_err(|e| Error::Config(format!("invalid registry CA bundle: {e}")))?;
@@ -134,7 +286,8 @@ impl RegistryClient {
         Ok(Self {
             http,
             plain_http: config.plain_http.clone(),
-            tokens: Mutex::new(HashMap::new()),
+            token_hosts: config.token_hosts.clone(),
+            tokens: Mutex::new(BoundedMap::new(config.token_cache_entries)),
         })
     }
 
@@ -192,10 +345,9 @@ impl RegistryClient {
         if let Some(digest) = content_digest(get.headers()) {
             return Ok(digest);
         }
-        let body = get
-            .bytes()
+        let body = read_capped(get, "the manifest", MANIFEST_LIMIT)
             .await
-            .map_err(|e| registry_error(image, format!("failed to read the manifest: {e}")))?;
+            .map_err(|e| registry_error(image, chain(&e)))?;
         Ok(Digest {
             algorithm: "sha256".to_owned(),
             hex: hex::encode(Sha256::digest(&body)),
@@ -237,7 +389,7 @@ impl RegistryClient {
         let key = TokenKey {
             registry: image.registry.clone(),
             repository: image.repository.clone(),
-            username: credentials.map(|c| c.username.clone()),
+            credentials: credentials.map(RegistryCredentials::cache_key),
         };
         let cached = self.cached_token(&key);
         let response = self
@@ -343,6 +495,15 @@ impl RegistryClient {
     ) -> Result<CachedToken> {
         let mut url = Url::parse(realm)
             .map_err(|e| registry_error(image, format!("invalid token realm {realm:?}: {e}")))?;
+        let registry = self.base_url(&image.registry)?;
+        let registry_host = match registry.port() {
+            Some(port) => format!("{}:{port}", registry.host_str().unwrap_or_default()),
+            None => registry.host_str().unwrap_or_default().to_owned(),
+        };
+        if let Some(why) = realm_refusal(&registry_host, &url, &self.token_hosts, &self.plain_http)
+        {
+            return Err(registry_error(image, why));
+        }
         {
             let mut query = url.query_pairs_mut();
             if let Some(service) = service {
@@ -381,9 +542,9 @@ impl RegistryClient {
                 ),
             ));
         }
-        let bytes = response.bytes().await.map_err(|e| {
-            registry_error(image, format!("failed to read the token response: {e}"))
-        })?;
+        let bytes = read_capped(response, "the token response", TOKEN_ANSWER_LIMIT)
+            .await
+            .map_err(|e| registry_error(image, chain(&e)))?;
         let body: TokenResponse = serde_json::from_slice(&bytes)
             .map_err(|e| registry_error(image, format!("unreadable token response: {e}")))?;
         let token = body
@@ -391,12 +552,13 @@ impl RegistryClient {
             .or(body.access_token)
             .filter(|t| !t.is_empty())
             .ok_or_else(|| registry_error(image, "token response holds no token"))?;
-        let lifetime = body
-            .expires_in
-            .map_or(DEFAULT_TOKEN_LIFETIME, Duration::from_secs);
+        let lifetime = token_lifetime(body.expires_in.as_ref());
+        let now = Instant::now();
         Ok(CachedToken {
             token,
-            valid_until: Instant::now() + lifetime.saturating_sub(TOKEN_EXPIRY_MARGIN),
+            valid_until: now
+                .checked_add(lifetime.saturating_sub(TOKEN_EXPIRY_MARGIN))
+                .unwrap_or(now),
         })
     }
 
@@ -410,7 +572,6 @@ impl RegistryClient {
 
     fn store_token(&self, key: TokenKey, token: &CachedToken) {
         let mut tokens = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
-        tokens.retain(|_, t| t.valid_until > Instant::now());
         tokens.insert(key, token.clone());
     }
 }
@@ -563,6 +724,154 @@ mod tests {
             password: "hunter2".into(),
         };
         assert!(!format!("{c:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn token_lifetimes_are_capped_and_nonsense_is_the_default() {
+        let life = |v: serde_json::Value| token_lifetime(Some(&v));
+        assert_eq!(token_lifetime(None), DEFAULT_TOKEN_LIFETIME);
+        assert_eq!(life(serde_json::json!(300)), Duration::from_secs(300));
+        assert_eq!(life(serde_json::json!(u64::MAX)), MAX_TOKEN_LIFETIME);
+        for nonsense in [
+            serde_json::json!(0),
+            serde_json::json!(-5),
+            serde_json::json!(1.5e300),
+            serde_json::json!("300"),
+            serde_json::json!(null),
+        ] {
+            assert_eq!(life(nonsense.clone()), DEFAULT_TOKEN_LIFETIME, "{nonsense}");
+        }
+    }
+
+    fn url(s: &str) -> Url {
+        Url::parse(s).unwrap()
+    }
+
+    #[test]
+    fn credentials_follow_a_realm_only_to_their_registry() {
+        let none: &[String] = &[];
+        let allowed = [
+            ("ghcr.io", "https://ghcr.io/token"),
+            (
+                "registry.example.com:5000",
+                "https://registry.example.com/auth",
+            ),
+            ("registry-1.docker.io", "https://auth.docker.io/token"),
+            ("registry.gitlab.com", "https://gitlab.com/jwt/auth"),
+            ("127.0.0.1:5000", "http://127.0.0.1:5001/token"),
+            ("[::1]:5000", "http://[::1]:7/token"),
+            ("localhost:5000", "http://localhost/token"),
+        ];
+        for (registry, realm) in allowed {
+            assert_eq!(
+                realm_refusal(registry, &url(realm), none, none),
+                None,
+                "{registry} -> {realm}"
+            );
+        }
+        let elsewhere = [
+            ("ghcr.io", "https://evil.example/token"),
+            ("ghcr.io", "https://ghcr.io.evil.example/token"),
+            ("registry.gitlab.com", "https://evilgitlab.com/token"),
+            // A two-label registry has no parent to trust: "io" is not an owner.
+            ("ghcr.io", "https://io/token"),
+            ("quay.io", "https://auth.docker.io/token"),
+            ("127.0.0.1:5000", "http://localhost:5001/token"),
+            ("10.0.0.1:5000", "https://0.0.1/token"),
+        ];
+        for (registry, realm) in elsewhere {
+            let why = realm_refusal(registry, &url(realm), none, none)
+                .unwrap_or_else(|| panic!("{registry} -> {realm} allowed"));
+            assert!(why.contains("not on"), "{why}");
+        }
+        let trusted = vec![
+            "auth.example.com".to_owned(),
+            "tokens.example:8443".to_owned(),
+        ];
+        assert_eq!(
+            realm_refusal(
+                "ghcr.io",
+                &url("https://AUTH.example.com/t"),
+                &trusted,
+                none
+            ),
+            None
+        );
+        assert_eq!(
+            realm_refusal(
+                "ghcr.io",
+                &url("https://tokens.example:8443/t"),
+                &trusted,
+                none
+            ),
+            None
+        );
+        assert!(
+            realm_refusal("ghcr.io", &url("https://tokens.example/t"), &trusted, none).is_some()
+        );
+    }
+
+    #[test]
+    fn credentials_follow_a_realm_over_plain_http_only_to_loopback() {
+        let none: &[String] = &[];
+        let trusted = vec!["auth.example.com".to_owned()];
+        let why =
+            realm_refusal("ghcr.io", &url("http://auth.example.com/t"), &trusted, none).unwrap();
+        assert_eq!(
+            why,
+            "the token realm http://auth.example.com/t is not HTTPS; credentials go over plain \
+             HTTP only to loopback"
+        );
+        assert!(realm_refusal("ghcr.io", &url("http://ghcr.io/token"), none, none).is_some());
+        assert!(realm_refusal("ghcr.io", &url("ftp://ghcr.io/token"), none, none).is_some());
+        // A registry the operator was told speaks plain HTTP may hand out tokens so.
+        let insecure = vec!["registry.lan:5000".to_owned()];
+        assert_eq!(
+            realm_refusal(
+                "registry.lan:5000",
+                &url("http://registry.lan:5000/token"),
+                none,
+                &insecure
+            ),
+            None
+        );
+    }
+
+    #[test]
+    fn redirects_never_go_from_https_to_http_nor_far() {
+        let https = url("https://ghcr.io/v2/x/manifests/1");
+        let http_loop = url("http://127.0.0.1:5000/v2/x/manifests/1");
+        assert_eq!(
+            redirect_refusal(&https, &url("https://cdn.example/blob"), 1),
+            None
+        );
+        assert_eq!(
+            redirect_refusal(&https, &url("http://cdn.example/blob"), 1).as_deref(),
+            Some("refused a redirect from HTTPS to plain HTTP (http://cdn.example/blob)")
+        );
+        assert!(redirect_refusal(&https, &url("http://127.0.0.1/blob"), 1).is_some());
+        assert_eq!(
+            redirect_refusal(&http_loop, &url("http://localhost:1/b"), 1),
+            None
+        );
+        assert!(redirect_refusal(&http_loop, &url("http://10.0.0.1/b"), 1).is_some());
+        assert!(redirect_refusal(&https, &url("https://a.example/"), MAX_REDIRECTS).is_none());
+        assert_eq!(
+            redirect_refusal(&https, &url("https://a.example/"), MAX_REDIRECTS + 1).as_deref(),
+            Some("more than 3 redirects")
+        );
+    }
+
+    #[test]
+    fn cache_keys_are_the_whole_credentials() {
+        let c = |u: &str, p: &str| RegistryCredentials {
+            username: u.into(),
+            password: p.into(),
+        };
+        assert_eq!(c("u", "p").cache_key(), c("u", "p").cache_key());
+        assert_ne!(c("u", "old").cache_key(), c("u", "new").cache_key());
+        assert_ne!(c("ab", "c").cache_key(), c("a", "bc").cache_key());
+        assert!(!c("u", "hunter2").cache_key().contains("hunter2"));
     }
 
     #[tokio::test]

@@ -15,6 +15,12 @@ use serde::de::DeserializeOwned;
 use super::retry::{self, RetryPolicy};
 use super::types::{AssertOutcome, AssertResponse, CreateEnvironment, Environment};
 use crate::error::{Error, ImageError, Result, chain};
+use crate::http_body::{MIB, read_capped};
+
+/// The most of one Kosli answer we read. Kosli's answers are small JSON
+/// documents (an assert, an environment); 4 MiB is far above any of them and
+/// keeps a broken proxy's endless page from exhausting memory.
+pub const ANSWER_LIMIT: u64 = 4 * MIB;
 
 /// The User-Agent every request carries.
 pub const USER_AGENT: &str = concat!("kosli-operator/", env!("CARGO_PKG_VERSION"));
@@ -48,7 +54,7 @@ pub trait RequestObserver: Send + Sync {
 }
 
 /// Everything needed to talk to Kosli.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct KosliConfig {
     /// `https://app.kosli.com` by default; plain HTTP only for loopback hosts.
     pub host: String,
@@ -81,6 +87,26 @@ impl KosliConfig {
             request_timeout: Duration::from_secs(30),
             retry: RetryPolicy::default(),
         }
+    }
+}
+
+impl fmt::Debug for KosliConfig {
+    // By hand: the proxy URL may carry a password.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KosliConfig")
+            .field("host", &self.host)
+            .field("org", &self.org)
+            .field("token", &self.token)
+            .field("token_file", &self.token_file)
+            .field(
+                "http_proxy",
+                &self.http_proxy.as_deref().map(redact_userinfo),
+            )
+            .field("ca_bundle", &self.ca_bundle)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("request_timeout", &self.request_timeout)
+            .field("retry", &self.retry)
+            .finish()
     }
 }
 
@@ -234,7 +260,14 @@ impl KosliClient {
             .https_only(base.scheme() == "https");
         if let Some(proxy) = &config.http_proxy {
             let proxy = reqwest::Proxy::all(proxy)
-                .map_err(|e| Error::Config(format!("invalid Kosli HTTP proxy {proxy:?}: {e}")))?
+                .map_err(|e| {
+                    // Neither the URL nor the error's text (which may quote
+                    // it) can be trusted to hold no password.
+                    let shown = redact_userinfo(proxy);
+                    let why = chain(&e).replace(proxy.as_str(), &shown);
+                    let why = redact_secret_of(proxy, &why);
+                    Error::Config(format!("invalid Kosli HTTP proxy {shown:?}: {why}"))
+                })?
                 .no_proxy(reqwest::NoProxy::from_env());
             builder = builder.proxy(proxy);
         }
@@ -409,8 +442,9 @@ impl KosliClient {
                         .get(header::RETRY_AFTER)
                         .and_then(|v| v.to_str().ok())
                         .and_then(|v| retry::parse_retry_after(v, jiff::Timestamp::now()));
-                    match response.bytes().await {
-                        Ok(bytes) if status == StatusCode::OK || status == StatusCode::CREATED => {
+                    let success = status == StatusCode::OK || status == StatusCode::CREATED;
+                    match read_capped(response, "Kosli's answer", ANSWER_LIMIT).await {
+                        Ok(bytes) if success => {
                             self.observe(operation, Some(status.as_u16()), started);
                             tracing::debug!(method = method_name, path = %display_path, status = status.as_u16(),
                                 elapsed_ms = started.elapsed().as_millis() as u64, "Kosli answered");
@@ -430,7 +464,30 @@ impl KosliClient {
                             };
                             (error, retry_after)
                         }
-                        Err(e) => (transport_error(method_name, &display_path, &e), None),
+                        // An answer this large is no answer: retrying would read it again.
+                        Err(e @ Error::BodyTooLarge { .. }) if success => {
+                            self.observe(operation, Some(status.as_u16()), started);
+                            return Err(Error::KosliDecode {
+                                method: method_name,
+                                path: display_path,
+                                message: e.to_string(),
+                            });
+                        }
+                        // An error page this large still tells its status.
+                        Err(e @ Error::BodyTooLarge { .. }) => (
+                            Error::KosliStatus {
+                                method: method_name,
+                                path: display_path.clone(),
+                                status: status.as_u16(),
+                                message: e.to_string(),
+                                retry_after: None,
+                            },
+                            None,
+                        ),
+                        Err(Error::BodyRead { source, .. }) => {
+                            (transport_error(method_name, &display_path, &source), None)
+                        }
+                        Err(e) => return Err(e),
                     }
                 }
                 Err(e) => (transport_error(method_name, &display_path, &e), None),
@@ -511,6 +568,37 @@ fn error_message(status: StatusCode, body: &[u8]) -> String {
             }
         }
     }
+}
+
+/// `scheme://user:password@host` -> `scheme://***@host`: proxy URLs carry
+/// credentials, and messages about them end up in logs.
+fn redact_userinfo(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return match url.rsplit_once('@') {
+            Some((_, host)) => format!("***@{host}"),
+            None => url.to_owned(),
+        };
+    };
+    match rest.rsplit_once('@') {
+        Some((_, host)) => format!("{scheme}://***@{host}"),
+        None => url.to_owned(),
+    }
+}
+
+/// `text` without the password (or whole userinfo) of `url`, wherever it
+/// appears: a parser error may quote a piece of the URL.
+fn redact_secret_of(url: &str, text: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let Some((userinfo, _)) = rest.rsplit_once('@') else {
+        return text.to_owned();
+    };
+    let mut text = text.replace(userinfo, "***");
+    if let Some((_, password)) = userinfo.split_once(':')
+        && !password.is_empty()
+    {
+        text = text.replace(password, "***");
+    }
+    text
 }
 
 fn truncate(mut s: String, max: usize) -> String {
@@ -615,6 +703,27 @@ mod tests {
         let client = KosliClient::new(&config).unwrap();
         assert!(!format!("{config:?}").contains("s3cret"));
         assert!(!format!("{client:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn a_bad_proxy_url_is_reported_without_its_password() {
+        for bad in [
+            "http://u:s3cret@bad host",
+            "http://u:s3cret@bad host:99999",
+            "u:s3cret@:::",
+        ] {
+            let mut config = KosliConfig::new("https://app.kosli.com", "org", ApiToken::new("t"));
+            config.http_proxy = Some(bad.to_owned());
+            let err = KosliClient::new(&config).unwrap_err();
+            let text = format!("{} | {} | {err:?} | {config:?}", err, chain(&err));
+            assert!(text.contains("invalid Kosli HTTP proxy"), "{text}");
+            assert!(!text.contains("s3cret"), "{bad}: {text}");
+        }
+        assert_eq!(
+            redact_userinfo("http://u:p@proxy:3128"),
+            "http://***@proxy:3128"
+        );
+        assert_eq!(redact_userinfo("http://proxy:3128"), "http://proxy:3128");
     }
 
     #[test]
