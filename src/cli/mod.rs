@@ -260,6 +260,18 @@ pub struct GateArgs {
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub webhook_timeout: Duration,
 
+    /// Webhook connections served at once; beyond it new connections wait in the
+    /// listen backlog until a served one ends (each is bounded by the deadlines).
+    #[arg(long, default_value_t = crate::gate::server::DEFAULT_MAX_CONNECTIONS, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub webhook_max_connections: usize,
+
+    /// PEM CA of the API server's client certificate: when set, the webhook
+    /// completes the TLS handshake only with clients presenting a certificate
+    /// chained to it (configure the API server's AdmissionConfiguration to
+    /// present one). Read at start.
+    #[arg(long, requires = "webhook_addr")]
+    pub webhook_client_ca: Option<PathBuf>,
+
     /// Namespaces the gate never checks, besides kube-system and its own.
     #[arg(long, value_delimiter = ',')]
     pub gate_exempt_namespaces: Vec<String>,
@@ -289,6 +301,19 @@ impl GateArgs {
             self.webhook_timeout - Duration::from_secs(2)
         } else {
             self.webhook_timeout / 2
+        }
+    }
+
+    /// The webhook server's outer limit on one request (headers in to answer
+    /// out, and on the TLS handshake and idle time): 1 s inside the API
+    /// server's timeout, or three quarters of a timeout under 2 s, so that
+    /// even a request the review's own deadline did not stop is answered
+    /// before the API server gives up. Always above [`GateArgs::deadline`].
+    pub fn server_timeout(&self) -> Duration {
+        if self.webhook_timeout >= Duration::from_secs(2) {
+            self.webhook_timeout - Duration::from_secs(1)
+        } else {
+            self.webhook_timeout * 3 / 4
         }
     }
 }
