@@ -308,7 +308,7 @@ impl GateArgs {
     /// out, and on the TLS handshake and idle time): 1 s inside the API
     /// server's timeout, or three quarters of a timeout under 2 s, so that
     /// even a request the review's own deadline did not stop is answered
-    /// before the API server gives up. Always above [`GateArgs::deadline`].
+    /// before the API server gives up. Never below [`GateArgs::deadline`].
     pub fn server_timeout(&self) -> Duration {
         if self.webhook_timeout >= Duration::from_secs(2) {
             self.webhook_timeout - Duration::from_secs(1)
@@ -354,6 +354,32 @@ pub fn parse_duration(text: &str) -> crate::error::Result<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_webhook_server_answers_inside_the_api_servers_timeout() {
+        for (timeout_ms, server_ms) in [
+            (30_000, 29_000),
+            (10_000, 9_000),
+            (3_000, 2_000),
+            (2_000, 1_000),
+            (1_000, 750),
+        ] {
+            let cli = Cli::parse_from([
+                "kosli-operator",
+                "run",
+                "--webhook-timeout",
+                &format!("{timeout_ms}ms"),
+            ]);
+            let Command::Run(args) = cli.command else {
+                panic!("not run")
+            };
+            let server = args.gate.server_timeout();
+            assert_eq!(server, Duration::from_millis(server_ms), "{timeout_ms} ms");
+            assert!(args.gate.deadline() <= server, "{timeout_ms} ms");
+            assert_eq!(args.gate.webhook_max_connections, 256);
+            assert_eq!(args.gate.webhook_client_ca, None);
+        }
+    }
 
     #[test]
     fn durations() {
