@@ -111,6 +111,13 @@ gate:
   compliantCacheTTL: 10m
   nonCompliantCacheTTL: 30s
   pullSecrets: true
+  pullSecretNamespaces: [default]
+  maxPullSecrets: 3
+  maxLookupsPerReview: 4
+  maxLookups: 32
+  maxConnections: 100
+  breakGlass: {groups: [sre, platform], users: [alice]}
+  clientAuth: {enabled: true, caSecret: apiserver-client-ca, caKey: ca.pem}
   registryCA: {enabled: true, secretName: registry-ca}
   tls: {validityDays: 365}
 "#;
@@ -251,6 +258,7 @@ async fn every_values_set_renders_manifests_that_validate_and_the_apiserver_acce
             "ClusterRole",
             "ClusterRoleBinding",
             "Deployment",
+            "NetworkPolicy",
             "Role",
             "Role",
             "RoleBinding",
@@ -258,7 +266,7 @@ async fn every_values_set_renders_manifests_that_validate_and_the_apiserver_acce
             "Service",
             "ServiceAccount"
         ],
-        "by default: no gate, no PodDisruptionBudget for one replica, no NetworkPolicy, \
+        "by default: no gate, no PodDisruptionBudget for one replica, a NetworkPolicy, \
          no ServiceMonitor, no KosliEnvironments"
     );
 
@@ -279,6 +287,14 @@ async fn every_values_set_renders_manifests_that_validate_and_the_apiserver_acce
         "--registry-ca-bundle=/etc/kosli-operator/registry-ca/ca.crt",
         "--gate-compliant-cache=10m",
         "--gate-non-compliant-cache=30s",
+        "--gate-pull-secrets",
+        "--gate-max-pull-secrets=3",
+        "--gate-max-lookups-per-review=4",
+        "--gate-max-lookups=32",
+        "--webhook-max-connections=100",
+        "--gate-break-glass-groups=sre,platform",
+        "--gate-break-glass-users=alice",
+        "--webhook-client-ca=/etc/kosli-operator/webhook-client-ca/ca.crt",
     ] {
         assert!(
             args.contains(&expected.to_owned()),
@@ -327,6 +343,251 @@ async fn every_values_set_renders_manifests_that_validate_and_the_apiserver_acce
     assert_eq!(
         only(&docs, "PodDisruptionBudget").value["spec"]["maxUnavailable"],
         1
+    );
+}
+
+/// Every grant on secrets or serviceaccounts, in any Role or ClusterRole:
+/// (kind, namespace, resource, verb).
+fn secret_grants(docs: &[Doc]) -> Vec<(String, Option<String>, String, String)> {
+    docs.iter()
+        .filter(|d| d.kind() == "Role" || d.kind() == "ClusterRole")
+        .flat_map(|role| {
+            grants(role)
+                .into_iter()
+                .filter(|(_, r, _, _)| r == "secrets" || r == "serviceaccounts")
+                .map(|(_, r, v, _)| {
+                    let ns = role.namespace().map(str::to_owned);
+                    (role.kind().to_owned(), ns, r, v)
+                })
+        })
+        .collect()
+}
+
+/// Without gate.pullSecrets no secrets or serviceaccounts access exists
+/// anywhere (whatever else is set); with gate.pullSecretNamespaces the access
+/// is in Roles of exactly those namespaces, and nothing cluster-wide.
+#[test]
+fn pull_secret_access_exists_only_with_pull_secrets_and_only_where_listed() {
+    for (what, args) in [
+        ("the defaults", vec![]),
+        ("the gate", vec!["--set", "gate.enabled=true"]),
+        (
+            "the gate with namespaces listed but pullSecrets off",
+            vec![
+                "--set",
+                "gate.enabled=true",
+                "--set",
+                "gate.pullSecretNamespaces={a,b}",
+            ],
+        ),
+        (
+            "pullSecrets without the gate",
+            vec![
+                "--set",
+                "gate.pullSecrets=true",
+                "--set",
+                "gate.pullSecretNamespaces={a,b}",
+            ],
+        ),
+    ] {
+        let docs = render("rel", "ops", &[], &args);
+        assert_eq!(secret_grants(&docs), vec![], "{what}");
+        assert!(
+            !args_of(only(&docs, "Deployment")).contains(&"--gate-pull-secrets".to_owned()),
+            "{what}"
+        );
+    }
+
+    let cluster_wide = render(
+        "rel",
+        "ops",
+        &[],
+        &[
+            "--set",
+            "gate.enabled=true",
+            "--set",
+            "gate.pullSecrets=true",
+        ],
+    );
+    let s = |v: &str| v.to_owned();
+    assert_eq!(
+        secret_grants(&cluster_wide),
+        vec![
+            (s("ClusterRole"), None, s("secrets"), s("get")),
+            (s("ClusterRole"), None, s("serviceaccounts"), s("get")),
+        ]
+    );
+
+    let listed = render(
+        "rel",
+        "ops",
+        &[],
+        &[
+            "--set",
+            "gate.enabled=true",
+            "--set",
+            "gate.pullSecrets=true",
+            "--set",
+            "gate.pullSecretNamespaces={a,b}",
+        ],
+    );
+    let mut found = secret_grants(&listed);
+    found.sort();
+    let role = |ns: &str, resource: &str| (s("Role"), Some(s(ns)), s(resource), s("get"));
+    assert_eq!(
+        found,
+        vec![
+            role("a", "secrets"),
+            role("a", "serviceaccounts"),
+            role("b", "secrets"),
+            role("b", "serviceaccounts"),
+        ]
+    );
+    let bindings: Vec<(Option<&str>, &Value)> = all(&listed, "RoleBinding")
+        .into_iter()
+        .filter(|b| b.name() == "rel-kosli-operator-pull-secrets")
+        .map(|b| (b.namespace(), &b.value["subjects"]))
+        .collect();
+    let subjects =
+        json!([{"kind": "ServiceAccount", "name": "rel-kosli-operator", "namespace": "ops"}]);
+    assert_eq!(
+        bindings,
+        vec![(Some("a"), &subjects), (Some("b"), &subjects)]
+    );
+    assert!(args_of(only(&listed, "Deployment")).contains(&"--gate-pull-secrets".to_owned()));
+}
+
+/// The gate's limits and break-glass authority reach the command line with
+/// their documented defaults; users, client auth and pull secrets only when set.
+#[test]
+fn gate_flags_are_rendered_with_their_defaults() {
+    let docs = render("rel", "ops", &[], &["--set", "gate.enabled=true"]);
+    let args = args_of(only(&docs, "Deployment"));
+    let gate_flags: Vec<&String> = args
+        .iter()
+        .filter(|a| {
+            [
+                "--gate-pull-secrets",
+                "--gate-max-",
+                "--gate-break-glass-",
+                "--webhook-max-connections",
+                "--webhook-client-ca",
+            ]
+            .iter()
+            .any(|p| a.starts_with(p))
+        })
+        .collect();
+    assert_eq!(
+        gate_flags,
+        [
+            "--webhook-max-connections=256",
+            "--gate-max-pull-secrets=8",
+            "--gate-max-lookups-per-review=8",
+            "--gate-max-lookups=64",
+            "--gate-break-glass-groups=kosli-operator:break-glass",
+        ]
+    );
+    let docs = render(
+        "rel",
+        "ops",
+        &[],
+        &[
+            "--set",
+            "gate.enabled=true",
+            "--set",
+            "gate.clientAuth.enabled=true",
+            "--set-string",
+            "gate.clientAuth.caBundle=-----BEGIN CERTIFICATE-----",
+        ],
+    );
+    let deployment = only(&docs, "Deployment");
+    assert!(
+        args_of(deployment)
+            .contains(&"--webhook-client-ca=/etc/kosli-operator/webhook-client-ca/ca.crt".into())
+    );
+    let secret = all(&docs, "Secret")
+        .into_iter()
+        .find(|s| s.name() == "rel-kosli-operator-webhook-client-ca")
+        .expect("the chart puts caBundle in a Secret");
+    assert_eq!(
+        secret.value["data"]["ca.crt"],
+        "LS0tLS1CRUdJTiBDRVJUSUZJQ0FURS0tLS0t"
+    );
+    let volumes = &deployment.value["spec"]["template"]["spec"]["volumes"];
+    assert!(
+        volumes
+            .as_array()
+            .unwrap()
+            .contains(&json!({"name": "webhook-client-ca",
+            "secret": {"secretName": "rel-kosli-operator-webhook-client-ca",
+                "items": [{"key": "ca.crt", "path": "ca.crt"}]}})),
+        "{volumes}"
+    );
+    // Client auth without a CA is refused at render time.
+    let err = helm_template(
+        "rel",
+        "ops",
+        &[],
+        &[
+            "--set",
+            "gate.enabled=true",
+            "--set",
+            "gate.clientAuth.enabled=true",
+        ],
+    )
+    .unwrap_err();
+    assert!(
+        err.contains(
+            "gate.clientAuth.enabled needs gate.clientAuth.caSecret or gate.clientAuth.caBundle"
+        ),
+        "{err}"
+    );
+}
+
+/// The NetworkPolicy is on by default; with the gate, the webhook port is
+/// open only to webhookFrom (private ranges and kube-system by default), and
+/// the metrics port as metricsFrom says.
+#[test]
+fn the_network_policy_admits_the_webhook_port_only_from_webhook_from() {
+    let docs = render("rel", "ops", &[], &["--set", "gate.enabled=true"]);
+    let policy = only(&docs, "NetworkPolicy");
+    assert_eq!(policy.value["spec"]["policyTypes"], json!(["Ingress"]));
+    assert_eq!(
+        policy.value["spec"]["ingress"],
+        json!([
+            {"ports": [{"port": "http", "protocol": "TCP"}]},
+            {"ports": [{"port": "webhook", "protocol": "TCP"}], "from": [
+                {"ipBlock": {"cidr": "10.0.0.0/8"}},
+                {"ipBlock": {"cidr": "172.16.0.0/12"}},
+                {"ipBlock": {"cidr": "192.168.0.0/16"}},
+                {"ipBlock": {"cidr": "100.64.0.0/10"}},
+                {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}}},
+            ]},
+        ])
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let values = write_values(
+        dir.path(),
+        "narrow.yaml",
+        "gate: {enabled: true}\nnetworkPolicy:\n  webhookFrom: [{ipBlock: {cidr: 10.1.2.3/32}}]\n  \
+         metricsFrom: [{namespaceSelector: {matchLabels: {team: monitoring}}}]\n",
+    );
+    let docs = render("rel", "ops", &[&values], &[]);
+    assert_eq!(
+        only(&docs, "NetworkPolicy").value["spec"]["ingress"],
+        json!([
+            {"ports": [{"port": "http", "protocol": "TCP"}],
+             "from": [{"namespaceSelector": {"matchLabels": {"team": "monitoring"}}}]},
+            {"ports": [{"port": "webhook", "protocol": "TCP"}],
+             "from": [{"ipBlock": {"cidr": "10.1.2.3/32"}}]},
+        ])
+    );
+    kubernetes_validate(&docs, "a narrowed NetworkPolicy");
+    // Without the gate the webhook port is not opened at all.
+    let docs = render("rel", "ops", &[], &[]);
+    assert_eq!(
+        only(&docs, "NetworkPolicy").value["spec"]["ingress"],
+        json!([{"ports": [{"port": "http", "protocol": "TCP"}]}])
     );
 }
 

@@ -7,6 +7,7 @@
 mod support;
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -19,10 +20,14 @@ use kosli_operator::Error;
 use kosli_operator::gate::server::{ReviewHandler, ReviewRejection, WebhookConfig, serve};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
+use support::fake_kosli::FakeKosli;
+use support::operator::Operator;
 use support::testenv::{TestEnv, api_error, create_namespace, unique};
+use support::testenv::{apply_crd, var};
 use support::webhook::{
-    CleanupOnPanic, ServingCert, delete_validating_webhook, https_client, pod, presented_leaf,
-    register_validating_webhook, serving_cert, tls_connect, wait_until_called, webhook_label,
+    CleanupOnPanic, ClientIdentity, ServingCert, client_ca, delete_validating_webhook, exchange_as,
+    forged_review, https_client, pod, presented_leaf, register_validating_webhook, serving_cert,
+    tls_connect, wait_until_called, webhook_label,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::task::JoinHandle;
@@ -96,13 +101,25 @@ struct Server {
 
 impl Server {
     async fn start(cert: &ServingCert, handler: ToyHandler, request_timeout: Duration) -> Self {
+        Self::start_with(cert, handler, |config| {
+            config.request_timeout = request_timeout;
+        })
+        .await
+    }
+
+    /// A server with a 64 KiB body limit and whatever `configure` sets.
+    async fn start_with(
+        cert: &ServingCert,
+        handler: ToyHandler,
+        configure: impl FnOnce(&mut WebhookConfig),
+    ) -> Self {
         let mut config = WebhookConfig::new(
             "127.0.0.1:0".parse().unwrap(),
             cert.cert_file.clone(),
             cert.key_file.clone(),
         );
-        config.request_timeout = request_timeout;
         config.max_body_bytes = 64 * 1024;
+        configure(&mut config);
         let shutdown = CancellationToken::new();
         let (addr, task) = serve(config, Arc::new(handler), shutdown.clone())
             .await
@@ -587,4 +604,267 @@ async fn a_stopped_webhook_blocks_pods_only_under_failure_policy_fail() {
     for (_, name) in &names {
         delete_validating_webhook(&client, name).await;
     }
+}
+
+/// Beyond `max_connections` the server stops accepting: a later client waits
+/// (in the backlog, not refused) while the earlier ones idle, is served once
+/// the request timeout has cut them, and the server stays healthy.
+#[tokio::test]
+async fn connections_beyond_the_cap_wait_until_served_ones_end() {
+    let cert = serving_cert();
+    let timeout = Duration::from_secs(2);
+    let server = Server::start_with(&cert, ToyHandler::default(), |config| {
+        config.request_timeout = timeout;
+        config.max_connections = 4;
+    })
+    .await;
+    // Four TCP connections that never start TLS take every slot.
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(tokio::net::TcpStream::connect(server.addr).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let start = Instant::now();
+    let late = exchange_as(
+        server.addr,
+        &cert.ca_pem,
+        None,
+        b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
+    );
+    let answer = late.await.unwrap();
+    let waited = start.elapsed();
+    assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
+    // Served only once the held connections were cut, about `timeout` after they came.
+    assert!(
+        waited >= timeout - Duration::from_millis(400) && waited < timeout * 3,
+        "the fifth connection waited {waited:?}; request timeout {timeout:?}"
+    );
+    for mut tcp in held {
+        let mut buf = Vec::new();
+        let closed = tokio::time::timeout(Duration::from_secs(1), tcp.read_to_end(&mut buf)).await;
+        assert!(closed.is_ok(), "a held connection is still open");
+    }
+    // Healthy, and serving at once again.
+    let start = Instant::now();
+    healthz(&server, &cert.ca_pem).await;
+    assert!(start.elapsed() < Duration::from_secs(1));
+    server.stop().await;
+}
+
+/// With a client CA, the handshake completes only for clients presenting a
+/// certificate it issued: no certificate, or one from another CA, gets no
+/// answer at all (not even an HTTP error), the right one is served.
+#[tokio::test]
+async fn with_a_client_ca_only_its_certificates_are_served() {
+    let cert = serving_cert();
+    let clients = client_ca();
+    let strangers = client_ca();
+    let handler = ToyHandler::default();
+    let server = Server::start_with(&cert, handler.clone(), |config| {
+        config.client_ca_file = Some(clients.ca_file.clone());
+    })
+    .await;
+    let forged = forged_review();
+    for (who, identity) in [
+        ("no certificate", None),
+        ("another CA's certificate", Some(&strangers.client)),
+    ] {
+        let result = exchange_as(server.addr, &cert.ca_pem, identity, &forged).await;
+        match result {
+            Err(e) => assert!(
+                e.contains("CertificateRequired")
+                    || e.contains("UnknownCA")
+                    || e.contains("BadCertificate")
+                    || e.contains("reset")
+                    || e.contains("handshake"),
+                "{who}: {e}"
+            ),
+            Ok(answer) => assert!(answer.is_empty(), "{who} was answered: {answer}"),
+        }
+    }
+    assert_eq!(
+        handler.calls(),
+        0,
+        "a review without the client certificate reached the handler"
+    );
+    let answer = exchange_as(server.addr, &cert.ca_pem, Some(&clients.client), &forged)
+        .await
+        .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
+    assert_eq!(handler.calls(), 1);
+    server.stop().await;
+
+    // A client CA file that is not there fails start-up, naming it.
+    let missing = cert.dir().join("no-such-ca.crt");
+    let mut config = WebhookConfig::new(
+        "127.0.0.1:0".parse().unwrap(),
+        cert.cert_file.clone(),
+        cert.key_file.clone(),
+    );
+    config.client_ca_file = Some(missing.clone());
+    let err = serve(
+        config,
+        Arc::new(ToyHandler::default()),
+        CancellationToken::new(),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(&err, Error::WebhookCertificate { problem, source: Some(_) }
+            if *problem == format!("failed to read webhook client CA file {}", missing.display())),
+        "{err:?}"
+    );
+}
+
+/// `kosli-operator run` serving the gate on a fresh port with `extra` flags,
+/// ready, and the fake Kosli it talks to.
+async fn operator(env: &TestEnv, cert: &ServingCert, extra: &[&str]) -> (Operator, u16, FakeKosli) {
+    let client = env.client().await;
+    apply_crd(&client).await;
+    let fake = FakeKosli::start().await;
+    let port = support::free_port();
+    let mut args = support::webhook::operator_args(cert, port);
+    // `extra` is flag-value pairs; a flag already there gets the new value.
+    for pair in extra.chunks(2) {
+        match args.iter().position(|a| a == pair[0]) {
+            Some(at) => args[at + 1] = pair[1].to_owned(),
+            None => args.extend(pair.iter().map(|s| s.to_string())),
+        }
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let id = unique("edge");
+    let mut op = Operator::start(
+        &env.kubeconfig,
+        &fake,
+        &id,
+        &format!("lease-{id}"),
+        &args,
+        &[],
+    );
+    op.wait_ready().await;
+    (op, port, fake)
+}
+
+/// Reviews the operator answered, from its own metrics.
+async fn reviews_answered(op: &Operator) -> u64 {
+    op.metrics()
+        .await
+        .lines()
+        .filter(|l| l.starts_with("kosli_operator_admission_review_duration_seconds_count"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+/// The webhook's outer request limit follows --webhook-timeout: a request
+/// whose body stalls is answered 408 inside `timeoutSeconds - 1 s`, not after
+/// a fixed 30 s the API server would never wait for.
+#[tokio::test]
+async fn the_operator_answers_a_stalled_request_inside_the_webhook_timeout() {
+    let env = TestEnv::get();
+    let cert = serving_cert();
+    let (mut op, port, _fake) = operator(&env, &cert, &["--webhook-timeout", "3s"]).await;
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let (answer, took) = raw_exchange(
+        addr,
+        &cert.ca_pem,
+        b"POST /validate HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
+          Content-Length: 100\r\n\r\n{\"apiVersion\":",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(
+        took >= Duration::from_millis(1800)
+            && took < Duration::from_secs(2) + Duration::from_millis(900),
+        "answered after {took:?}; --webhook-timeout 3s must be answered within 2 s"
+    );
+    assert!(op.terminate().await.success(), "{}", op.log());
+}
+
+/// Against the real API server, whose admission configuration presents the
+/// testenv's webhook client certificate: an operator given its CA with
+/// --webhook-client-ca still gets and answers the API server's reviews,
+/// while a forged review sent straight to the port without that certificate
+/// gets no answer (the handshake is refused) and reaches no handler.
+#[tokio::test]
+async fn with_a_client_ca_the_operator_answers_the_api_server_and_no_forger() {
+    let env = TestEnv::get();
+    let client = env.client().await;
+    let cert = serving_cert();
+    let ca = var("TESTENV_WEBHOOK_CLIENT_CA");
+    let (mut op, port, _fake) = operator(&env, &cert, &["--webhook-client-ca", &ca]).await;
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+
+    let ns = unique("webhook-mtls");
+    create_namespace(&client, &ns, &[(webhook_label(), &ns)]).await;
+    let name = unique("webhook-mtls");
+    let _cleanup = CleanupOnPanic::new(&env.kubeconfig, &name);
+    register_validating_webhook(
+        &client,
+        &name,
+        &format!("https://{addr}/validate"),
+        &cert.ca_pem,
+        (webhook_label(), &ns),
+        "Fail",
+        5,
+    )
+    .await;
+    // Under Fail a refused handshake would refuse the pod; so every pod
+    // admitted here was reviewed. Probe until the configuration is in effect.
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let before = reviews_answered(&op).await;
+    let mut admitted = 0;
+    for attempt in 0..150 {
+        let probe = pod(&format!("probe-{attempt}"), &[]);
+        let dry_run = PostParams {
+            dry_run: true,
+            ..Default::default()
+        };
+        pods.create(&dry_run, &probe).await.unwrap_or_else(|e| {
+            panic!(
+                "the API server could not get a review answered: {e}\n{}",
+                op.log()
+            )
+        });
+        admitted += 1;
+        if reviews_answered(&op).await > before {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let reviewed = reviews_answered(&op).await - before;
+    assert!(
+        reviewed >= 1,
+        "the API server never called the webhook ({admitted} pods)"
+    );
+    pods.create(&PostParams::default(), &pod("admitted", &[]))
+        .await
+        .unwrap();
+    assert_eq!(reviews_answered(&op).await - before, reviewed + 1);
+
+    // A forger without the certificate: no answer at all, and nothing reviewed.
+    let forged = forged_review();
+    let result = exchange_as(addr, &cert.ca_pem, None, &forged).await;
+    assert!(
+        result.as_ref().is_err() || result.as_ref().is_ok_and(|a| a.is_empty()),
+        "a review without a client certificate was answered: {result:?}"
+    );
+    let after_forgery = reviews_answered(&op).await;
+    assert_eq!(
+        after_forgery - before,
+        reviewed + 1,
+        "the forged review was reviewed"
+    );
+    // The same review with the API server's certificate is answered: it is the
+    // certificate that makes the difference.
+    let identity = ClientIdentity::from_files(
+        Path::new(&var("TESTENV_WEBHOOK_CLIENT_CERT")),
+        Path::new(&var("TESTENV_WEBHOOK_CLIENT_KEY")),
+    );
+    let answer = exchange_as(addr, &cert.ca_pem, Some(&identity), &forged)
+        .await
+        .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
+
+    delete_validating_webhook(&client, &name).await;
+    assert!(op.terminate().await.success(), "{}", op.log());
 }

@@ -21,6 +21,11 @@
 #   TESTENV_SA_NAMESPACE, TESTENV_SA_NAME   kosli-operator, kosli-operator
 #   TESTENV_CA_CERT               CA that signed the apiserver cert (RUN_DIR/tls/ca.crt)
 #   TESTENV_TLS_DIR               holds ca.crt/ca.key (to mint more certs, e.g. for webhooks)
+#   TESTENV_WEBHOOK_CLIENT_CA     CA (its own, not ca.crt) of the client certificate the apiserver
+#                                 presents to every webhook that asks for one (its admission
+#                                 config's kubeconfig names the default user '*'): what a webhook
+#                                 gives as --webhook-client-ca
+#   TESTENV_WEBHOOK_CLIENT_CERT, TESTENV_WEBHOOK_CLIENT_KEY   that client certificate and key
 #   TESTENV_ETCD_URL              http://127.0.0.1:PORT (plain HTTP, loopback)
 #   TESTENV_REGISTRY              host:port of the anonymous plain-HTTP registry
 #   TESTENV_REGISTRY_BASIC        host:port of the registry behind HTTP Basic auth
@@ -145,6 +150,20 @@ mkcert apiserver kube-apiserver \
   "IP:127.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc"
 # The registry trusts tokens signed by this key because its cert is the rootcertbundle.
 mkcert token-signer testenv-token-issuer "DNS:localhost"
+# The client certificate the apiserver presents to webhooks, from a CA of its own so that a
+# webhook trusting it trusts nothing else the testenv issued.
+openssl req -x509 -newkey rsa:2048 -nodes -sha256 -days 30 -subj "/CN=kosli-testenv-webhook-client-ca" \
+  -keyout "$TLS/webhook-client-ca.key" -out "$TLS/webhook-client-ca.crt" \
+  -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" \
+  >>"$CURRENT_LOG" 2>&1
+openssl req -newkey rsa:2048 -nodes -sha256 -subj "/CN=kube-apiserver-webhook-client" \
+  -keyout "$TLS/webhook-client.key" -out "$TLS/webhook-client.csr" >>"$CURRENT_LOG" 2>&1
+printf 'basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=clientAuth\n' \
+  > "$TLS/webhook-client.ext"
+openssl x509 -req -sha256 -days 30 -in "$TLS/webhook-client.csr" -CA "$TLS/webhook-client-ca.crt" \
+  -CAkey "$TLS/webhook-client-ca.key" -set_serial "0x$(openssl rand -hex 16)" \
+  -extfile "$TLS/webhook-client.ext" -out "$TLS/webhook-client.crt" >>"$CURRENT_LOG" 2>&1
+rm -f "$TLS/webhook-client.csr" "$TLS/webhook-client.ext"
 # Service-account token signing pair for the apiserver.
 openssl genrsa -out "$TLS/sa.key" 2048 >>"$CURRENT_LOG" 2>&1
 openssl rsa -in "$TLS/sa.key" -pubout -out "$TLS/sa.pub" >>"$CURRENT_LOG" 2>&1
@@ -174,6 +193,35 @@ $SA_TOKEN,$SA_USER,uid-testenv-sa,"system:serviceaccounts,system:serviceaccounts
 EOF
 chmod 600 "$RUN/apiserver/tokens.csv"
 API_URL=https://$HOST:$P_API
+# How the apiserver authenticates to webhooks: kube-apiserver picks the kubeconfig user named
+# exactly after the webhook's host (URL host:port, or <service>.<namespace>.svc with the port
+# unless 443), then '*.<suffix>' wildcards, then '*'. Tests' webhooks listen on random loopback
+# ports, so the default '*' carries the client certificate; webhooks that ask for none (most
+# tests') are unaffected.
+cat > "$RUN/apiserver/webhook-kubeconfig.yaml" <<EOF
+apiVersion: v1
+kind: Config
+users:
+- name: '*'
+  user:
+    client-certificate: $TLS/webhook-client.crt
+    client-key: $TLS/webhook-client.key
+EOF
+cat > "$RUN/apiserver/admission.yaml" <<EOF
+apiVersion: apiserver.config.k8s.io/v1
+kind: AdmissionConfiguration
+plugins:
+- name: ValidatingAdmissionWebhook
+  configuration:
+    apiVersion: apiserver.config.k8s.io/v1
+    kind: WebhookAdmissionConfiguration
+    kubeConfigFile: $RUN/apiserver/webhook-kubeconfig.yaml
+- name: MutatingAdmissionWebhook
+  configuration:
+    apiVersion: apiserver.config.k8s.io/v1
+    kind: WebhookAdmissionConfiguration
+    kubeConfigFile: $RUN/apiserver/webhook-kubeconfig.yaml
+EOF
 # No controller-manager runs, so the ServiceAccount admission plugin (which needs default SAs) is off.
 launch apiserver "$KUBE_APISERVER" --etcd-servers="$ETCD_URL" \
   --bind-address=$HOST --advertise-address=$HOST --secure-port="$P_API" --insecure-port=0 \
@@ -183,7 +231,7 @@ launch apiserver "$KUBE_APISERVER" --etcd-servers="$ETCD_URL" \
   --service-account-issuer=https://kubernetes.default.svc \
   --service-account-key-file="$TLS/sa.pub" --service-account-signing-key-file="$TLS/sa.key" \
   --service-cluster-ip-range=10.96.0.0/24 --disable-admission-plugins=ServiceAccount \
-  --allow-privileged=true
+  --allow-privileged=true --admission-control-config-file="$RUN/apiserver/admission.yaml"
 api_get() {
   [ "$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 --cacert "$TLS/ca.crt" \
     -H "Authorization: Bearer $ADMIN_TOKEN" "$API_URL$1")" = 200 ]
@@ -372,6 +420,9 @@ TESTENV_SA_NAMESPACE=$SA_NS
 TESTENV_SA_NAME=$SA_NAME
 TESTENV_CA_CERT=$TLS/ca.crt
 TESTENV_TLS_DIR=$TLS
+TESTENV_WEBHOOK_CLIENT_CA=$TLS/webhook-client-ca.crt
+TESTENV_WEBHOOK_CLIENT_CERT=$TLS/webhook-client.crt
+TESTENV_WEBHOOK_CLIENT_KEY=$TLS/webhook-client.key
 TESTENV_ETCD_URL=$ETCD_URL
 TESTENV_REGISTRY=$REG
 TESTENV_REGISTRY_BASIC=$REG_BASIC

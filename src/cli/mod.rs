@@ -260,6 +260,18 @@ pub struct GateArgs {
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub webhook_timeout: Duration,
 
+    /// Webhook connections served at once; beyond it new connections wait in the
+    /// listen backlog until a served one ends (each is bounded by the deadlines).
+    #[arg(long, default_value_t = crate::gate::server::DEFAULT_MAX_CONNECTIONS, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub webhook_max_connections: usize,
+
+    /// PEM CA of the API server's client certificate: when set, the webhook
+    /// completes the TLS handshake only with clients presenting a certificate
+    /// chained to it (configure the API server's AdmissionConfiguration to
+    /// present one). Read at start.
+    #[arg(long, requires = "webhook_addr")]
+    pub webhook_client_ca: Option<PathBuf>,
+
     /// Namespaces the gate never checks, besides kube-system and its own.
     #[arg(long, value_delimiter = ',')]
     pub gate_exempt_namespaces: Vec<String>,
@@ -302,6 +314,19 @@ impl GateArgs {
             self.webhook_timeout / 2
         }
     }
+
+    /// The webhook server's outer limit on one request (headers in to answer
+    /// out, and on the TLS handshake and idle time): 1 s inside the API
+    /// server's timeout, or three quarters of a timeout under 2 s, so that
+    /// even a request the review's own deadline did not stop is answered
+    /// before the API server gives up. Never below [`GateArgs::deadline`].
+    pub fn server_timeout(&self) -> Duration {
+        if self.webhook_timeout >= Duration::from_secs(2) {
+            self.webhook_timeout - Duration::from_secs(1)
+        } else {
+            self.webhook_timeout * 3 / 4
+        }
+    }
 }
 
 /// `500ms`, `2s`, `5m`, `1h`, or a bare number of seconds.
@@ -340,6 +365,32 @@ pub fn parse_duration(text: &str) -> crate::error::Result<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_webhook_server_answers_inside_the_api_servers_timeout() {
+        for (timeout_ms, server_ms) in [
+            (30_000, 29_000),
+            (10_000, 9_000),
+            (3_000, 2_000),
+            (2_000, 1_000),
+            (1_000, 750),
+        ] {
+            let cli = Cli::parse_from([
+                "kosli-operator",
+                "run",
+                "--webhook-timeout",
+                &format!("{timeout_ms}ms"),
+            ]);
+            let Command::Run(args) = cli.command else {
+                panic!("not run")
+            };
+            let server = args.gate.server_timeout();
+            assert_eq!(server, Duration::from_millis(server_ms), "{timeout_ms} ms");
+            assert!(args.gate.deadline() <= server, "{timeout_ms} ms");
+            assert_eq!(args.gate.webhook_max_connections, 256);
+            assert_eq!(args.gate.webhook_client_ca, None);
+        }
+    }
 
     #[test]
     fn durations() {

@@ -269,7 +269,8 @@ fn gate_handler(args: &RunArgs, cluster: GateCluster) -> Result<GateHandler> {
     ))
 }
 
-/// The gate's HTTPS server.
+/// The gate's HTTPS server, its limits following `--webhook-timeout` so that
+/// no request outlives the API server's patience.
 async fn serve_gate(
     args: &RunArgs,
     addr: std::net::SocketAddr,
@@ -277,11 +278,14 @@ async fn serve_gate(
     shutdown: CancellationToken,
 ) -> Result<tokio::task::JoinHandle<()>> {
     let deadline = args.gate.deadline();
-    let config = crate::gate::server::WebhookConfig::new(
+    let mut config = crate::gate::server::WebhookConfig::new(
         addr,
         args.gate.webhook_cert.clone(),
         args.gate.webhook_key.clone(),
     );
+    config.request_timeout = args.gate.server_timeout();
+    config.max_connections = args.gate.webhook_max_connections;
+    config.client_ca_file = args.gate.webhook_client_ca.clone();
     let (bound, task) = crate::gate::server::serve(config, Arc::new(handler), shutdown).await?;
     tracing::info!(addr = %bound, deadline_ms = deadline.as_millis() as u64, "admission gate serving /validate");
     Ok(task)

@@ -24,9 +24,10 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
@@ -39,7 +40,13 @@ use crate::error::{Error, Result, chain};
 pub const DEFAULT_MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
 
 /// The API server waits at most 30 s for a webhook (`timeoutSeconds` maximum).
+/// `kosli-operator run` passes one derived from `--webhook-timeout` instead.
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Connections served at once (`--webhook-max-connections`). The API server
+/// reuses a few keep-alive connections per replica, so this is far above what
+/// it needs and far below what exhausts file descriptors or memory.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 256;
 
 /// How often the certificate files are compared with what is served.
 /// cert-manager renews days before expiry, so a second is plenty.
@@ -79,9 +86,19 @@ pub struct WebhookConfig {
     pub key_file: PathBuf,
     /// Larger bodies get 413.
     pub max_body_bytes: usize,
-    /// Deadline for the TLS handshake, for the request headers, and for
-    /// reading the body plus the review.
+    /// Deadline for the TLS handshake, for the request headers (which also
+    /// bounds how long a keep-alive connection may idle), and for reading the
+    /// body plus the review.
     pub request_timeout: Duration,
+    /// Connections served at once. Beyond it the server stops accepting: new
+    /// connections wait in the kernel's backlog (not refused, so a burst from
+    /// the API server is served late rather than failed) until one of the
+    /// served connections ends, which the deadlines above guarantee.
+    pub max_connections: usize,
+    /// PEM CA certificates: when set, only clients presenting a certificate
+    /// chained to one of them (the API server, configured through its
+    /// AdmissionConfiguration) complete the TLS handshake. Read once at start.
+    pub client_ca_file: Option<PathBuf>,
 }
 
 impl WebhookConfig {
@@ -93,6 +110,8 @@ impl WebhookConfig {
             key_file,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            client_ca_file: None,
         }
     }
 }
@@ -118,14 +137,17 @@ pub async fn serve(
     let key = files.parse(&provider, &contents)?;
     let resolver = Arc::new(ReloadingCert(RwLock::new(Arc::new(key))));
 
-    let mut tls = rustls::ServerConfig::builder_with_provider(provider.clone())
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| Error::WebhookCertificate {
             problem: "no usable protocol version".to_owned(),
             source: Some(Box::new(e)),
-        })?
-        .with_no_client_auth()
-        .with_cert_resolver(resolver.clone());
+        })?;
+    let builder = match &config.client_ca_file {
+        Some(path) => builder.with_client_cert_verifier(client_verifier(path, &provider).await?),
+        None => builder.with_no_client_auth(),
+    };
+    let mut tls = builder.with_cert_resolver(resolver.clone());
     // Only HTTP/1.1 is served; advertising it makes a client that offers h2
     // (the API server does) settle on HTTP/1.1 instead of failing.
     tls.alpn_protocols = vec![b"http/1.1".to_vec()];
@@ -141,7 +163,12 @@ pub async fn serve(
         what: format!("read the bound webhook address {}", config.addr),
         source,
     })?;
-    tracing::info!(addr = %bound, "serving the admission webhook (HTTPS)");
+    tracing::info!(
+        addr = %bound,
+        client_auth = config.client_ca_file.is_some(),
+        max_connections = config.max_connections,
+        "serving the admission webhook (HTTPS)"
+    );
 
     let reloader = tokio::spawn(reload_loop(
         files,
@@ -155,8 +182,9 @@ pub async fn serve(
         max_body_bytes: config.max_body_bytes,
         request_timeout: config.request_timeout,
     });
+    let slots = Arc::new(Semaphore::new(config.max_connections.max(1)));
     let task = tokio::spawn(async move {
-        accept_loop(listener, acceptor, context.clone(), shutdown).await;
+        accept_loop(listener, acceptor, slots, context.clone(), shutdown).await;
         // The reloader stops on the same token; a panic in it is already
         // reported by the runtime, nothing to add here.
         let _ = reloader.await;
@@ -172,9 +200,42 @@ struct Context {
     request_timeout: Duration,
 }
 
+/// The CA file of `--webhook-client-ca` as a verifier that requires a client
+/// certificate chained to it; errors name the file.
+async fn client_verifier(
+    path: &Path,
+    provider: &Arc<CryptoProvider>,
+) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>> {
+    let shown = path.display();
+    let pem = tokio::fs::read(path)
+        .await
+        .map_err(|e| unusable(format!("failed to read webhook client CA file {shown}"), e))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(&pem) {
+        let cert = cert
+            .map_err(|e| unusable(format!("invalid PEM in webhook client CA file {shown}"), e))?;
+        roots.add(cert).map_err(|e| {
+            unusable(
+                format!("unusable certificate in webhook client CA file {shown}"),
+                e,
+            )
+        })?;
+    }
+    if roots.is_empty() {
+        return Err(Error::WebhookCertificate {
+            problem: format!("no certificate in webhook client CA file {shown}"),
+            source: None,
+        });
+    }
+    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .build()
+        .map_err(|e| unusable(format!("unusable webhook client CA file {shown}"), e))
+}
+
 async fn accept_loop(
     listener: TcpListener,
     acceptor: TlsAcceptor,
+    slots: Arc<Semaphore>,
     context: Arc<Context>,
     shutdown: CancellationToken,
 ) {
@@ -182,6 +243,16 @@ async fn accept_loop(
     loop {
         // Reap finished connections so the set does not grow with every one served.
         while connections.try_join_next().is_some() {}
+        // A free slot first, then accept: at the cap, new connections wait in
+        // the backlog while the served ones run into their deadlines.
+        let slot = tokio::select! {
+            () = shutdown.cancelled() => break,
+            slot = slots.clone().acquire_owned() => match slot {
+                Ok(slot) => slot,
+                // Never closed; should it be, nothing more can be served.
+                Err(_) => break,
+            },
+        };
         let (stream, peer) = tokio::select! {
             () = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
@@ -194,13 +265,17 @@ async fn accept_loop(
                 }
             },
         };
-        connections.spawn(serve_connection(
+        let connection = serve_connection(
             stream,
             peer,
             acceptor.clone(),
             context.clone(),
             shutdown.clone(),
-        ));
+        );
+        connections.spawn(async move {
+            connection.await;
+            drop(slot);
+        });
     }
     // Stop accepting at once, so clients get "connection refused" rather than
     // a connection nobody serves.

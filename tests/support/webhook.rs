@@ -25,9 +25,11 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use kube::Client;
 use kube::api::{Api, DeleteParams, PostParams};
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+};
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use serde_json::json;
 use tokio::net::TcpStream;
 
@@ -270,20 +272,142 @@ pub async fn wait_until_called(client: &Client, namespace: &str, calls: impl Fn(
 
 /// A rustls client config trusting only `ca_pem`, offering `alpn`.
 pub fn client_tls(ca_pem: &str, alpn: &[&[u8]]) -> rustls::ClientConfig {
+    client_tls_as(ca_pem, alpn, None)
+}
+
+/// As [`client_tls`], presenting `identity` (PEM certificate, PEM key) when
+/// the server asks for a client certificate.
+pub fn client_tls_as(
+    ca_pem: &str,
+    alpn: &[&[u8]],
+    identity: Option<&ClientIdentity>,
+) -> rustls::ClientConfig {
     kosli_operator::tls::install_crypto_provider();
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
         roots.add(cert.unwrap()).unwrap();
     }
-    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
     .with_safe_default_protocol_versions()
     .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    .with_root_certificates(roots);
+    let mut config = match identity {
+        Some(identity) => {
+            let chain = CertificateDer::pem_slice_iter(identity.cert_pem.as_bytes())
+                .collect::<Result<Vec<_>, _>>()
+                .unwrap();
+            let key = PrivateKeyDer::from_pem_slice(identity.key_pem.as_bytes()).unwrap();
+            builder.with_client_auth_cert(chain, key).unwrap()
+        }
+        None => builder.with_no_client_auth(),
+    };
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     config
+}
+
+/// A client certificate (PEM) and its key.
+#[derive(Clone, Debug)]
+pub struct ClientIdentity {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl ClientIdentity {
+    /// Reads a PEM certificate and key from files (e.g. the testenv's).
+    pub fn from_files(cert: &Path, key: &Path) -> Self {
+        Self {
+            cert_pem: std::fs::read_to_string(cert).unwrap(),
+            key_pem: std::fs::read_to_string(key).unwrap(),
+        }
+    }
+}
+
+/// A throw-away CA for client certificates, written to `ca_file` (what a
+/// server takes as its client CA), and a client certificate it issued.
+pub struct ClientCa {
+    pub ca_file: PathBuf,
+    pub client: ClientIdentity,
+    _dir: tempfile::TempDir,
+}
+
+pub fn client_ca() -> ClientCa {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca_pem, issuer) = new_ca();
+    let ca_file = dir.path().join("client-ca.crt");
+    std::fs::write(&ca_file, &ca_pem).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "kosli-test-webhook-client");
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    ClientCa {
+        ca_file,
+        client: ClientIdentity {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        },
+        _dir: dir,
+    }
+}
+
+/// A minimal AdmissionReview of a pod, as a forger would send it.
+pub fn forged_review() -> Vec<u8> {
+    let review = json!({
+        "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+        "request": {
+            "uid": "forged-1", "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "namespace": "default", "operation": "CREATE", "name": "forged",
+            "userInfo": {"username": "forger"},
+            "object": {"apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": "forged", "namespace": "default"},
+                "spec": {"containers": [{"name": "app", "image": "example.com/app:1"}]}}
+        }
+    })
+    .to_string();
+    let mut request = format!(
+        "POST /validate HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n",
+        review.len()
+    )
+    .into_bytes();
+    request.extend_from_slice(review.as_bytes());
+    request
+}
+
+/// Sends `request` over TLS (trusting `ca_pem`, presenting `identity` if
+/// any) and reads until the server closes: Ok(what it answered), or Err(the
+/// TLS or I/O error that ended the exchange before any answer).
+pub async fn exchange_as(
+    addr: SocketAddr,
+    ca_pem: &str,
+    identity: Option<&ClientIdentity>,
+    request: &[u8],
+) -> Result<String, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let connector =
+        tokio_rustls::TlsConnector::from(Arc::new(client_tls_as(ca_pem, &[], identity)));
+    let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    // With TLS 1.3 the client's side of the handshake completes before the
+    // server has checked the client's certificate: a refusal shows on read.
+    let mut tls = connector
+        .connect(ServerName::try_from("127.0.0.1").unwrap(), tcp)
+        .await
+        .map_err(|e| e.to_string())?;
+    tls.write_all(request).await.map_err(|e| e.to_string())?;
+    tls.flush().await.map_err(|e| e.to_string())?;
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(15), tls.read_to_end(&mut answer))
+        .await
+        .map_err(|_| "no answer and no close within 15 s".to_owned())?;
+    match read {
+        Err(e) if answer.is_empty() => Err(e.to_string()),
+        _ => Ok(String::from_utf8_lossy(&answer).into_owned()),
+    }
 }
 
 /// A TLS connection to `addr` as 127.0.0.1, verified against `ca_pem`.

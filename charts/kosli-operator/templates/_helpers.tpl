@@ -76,6 +76,15 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- printf "%s-webhook-tls" (include "kosli-operator.fullname" .) | trunc 253 }}
 {{- end }}
 
+{{/* The Secret and key holding the CA of the API server's client certificate. */}}
+{{- define "kosli-operator.webhookClientCASecret" -}}
+{{- .Values.gate.clientAuth.caSecret | default (printf "%s-webhook-client-ca" (include "kosli-operator.fullname" .) | trunc 253) }}
+{{- end }}
+
+{{- define "kosli-operator.webhookClientCAKey" -}}
+{{- if .Values.gate.clientAuth.caSecret }}{{ .Values.gate.clientAuth.caKey }}{{ else }}ca.crt{{ end }}
+{{- end }}
+
 {{/* Sanity checks of value combinations the schema cannot express. */}}
 {{- define "kosli-operator.validate" -}}
 {{- if and (gt (int .Values.replicaCount) 1) (not .Values.leaderElection.enabled) }}
@@ -86,6 +95,9 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 {{- if and .Values.gate.registryCA.enabled (not .Values.gate.registryCA.secretName) }}
 {{- fail "gate.registryCA.secretName is required when gate.registryCA.enabled" }}
+{{- end }}
+{{- if and .Values.gate.clientAuth.enabled (not .Values.gate.clientAuth.caSecret) (not .Values.gate.clientAuth.caBundle) }}
+{{- fail "gate.clientAuth.enabled needs gate.clientAuth.caSecret or gate.clientAuth.caBundle (the CA of the API server's client certificate)" }}
 {{- end }}
 {{- if and .Values.metrics.serviceMonitor.enabled (not .Values.metrics.service.enabled) }}
 {{- fail "metrics.serviceMonitor.enabled needs metrics.service.enabled" }}
