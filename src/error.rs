@@ -179,9 +179,15 @@ pub enum Error {
         source: Option<jiff::Error>,
     },
 
-    /// A pull secret whose `.dockerconfigjson` does not parse.
-    #[error("invalid .dockerconfigjson")]
-    DockerConfig(#[source] serde_json::Error),
+    /// A pull secret whose `.dockerconfigjson` does not parse. Only where and
+    /// what kind of error: serde_json's own message quotes the input, which
+    /// here is credentials.
+    #[error("invalid .dockerconfigjson: {category} error at line {line}, column {column}")]
+    DockerConfig {
+        category: &'static str,
+        line: usize,
+        column: usize,
+    },
 
     /// A registry could not tell the digest of an image.
     #[error("failed to resolve {image}: {message}")]
@@ -329,7 +335,7 @@ impl Error {
             | Error::InvalidImageReference(_)
             | Error::InvalidReview { .. }
             | Error::BreakGlass { .. }
-            | Error::DockerConfig(_)
+            | Error::DockerConfig { .. }
             | Error::Image(_)
             | Error::RenderYaml { .. }
             | Error::Serialize { .. } => false,

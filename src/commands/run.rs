@@ -217,6 +217,7 @@ impl Health for Readiness {
 /// The admission gate: its own Kosli client (no retries, bounded by the review
 /// deadline), the registry client, the resolver and the HTTPS server.
 fn gate_handler(args: &RunArgs, cluster: GateCluster) -> Result<GateHandler> {
+    use crate::gate::decision::BreakGlassAuthority;
     use crate::gate::handler::GateOptions;
     use crate::gate::registry::{RegistryClient, RegistryConfig};
     use crate::gate::resolver::{Resolver, ResolverOptions};
@@ -259,8 +260,15 @@ fn gate_handler(args: &RunArgs, cluster: GateCluster) -> Result<GateHandler> {
         cluster,
         resolver,
         GateOptions {
-            deadline,
             exempt_namespaces: exempt,
+            pull_secrets: args.gate.gate_pull_secrets,
+            max_pull_secrets: args.gate.gate_max_pull_secrets,
+            max_lookups_per_review: args.gate.gate_max_lookups_per_review,
+            break_glass: BreakGlassAuthority {
+                users: args.gate.gate_break_glass_users.iter().cloned().collect(),
+                groups: args.gate.gate_break_glass_groups.iter().cloned().collect(),
+            },
+            ..GateOptions::new(deadline)
         },
     ))
 }
