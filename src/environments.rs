@@ -215,7 +215,9 @@ impl EnvironmentIndex {
         let mut entry = IndexedEnvironment::compile(env, self.watch_namespaces.as_deref());
         if let Err(invalid) = &mut entry.selection {
             entry.gating = entries.get(&name).and_then(|e| e.gating.clone());
-            invalid.message.push_str(&gate_note(entry.gating.as_ref(), &entry.gate));
+            invalid
+                .message
+                .push_str(&gate_note(entry.gating.as_ref(), &entry.gate));
         }
         let entry = Arc::new(entry);
         entries.insert(name, entry.clone());
@@ -383,7 +385,10 @@ mod tests {
             serde_json::json!({"podSelector": {"matchLabels": {"app": "web"}}, "gate": {"mode": "Audit"}}),
         ));
         let names = |found: Vec<(Arc<IndexedEnvironment>, Gating)>| {
-            found.iter().map(|(e, _)| e.object.clone()).collect::<Vec<_>>()
+            found
+                .iter()
+                .map(|(e, _)| e.object.clone())
+                .collect::<Vec<_>>()
         };
         assert_eq!(
             names(index.gated("a", None, &Labels::new())),
@@ -425,8 +430,15 @@ mod tests {
         assert!(index.gated("b", None, &Labels::new()).is_empty());
         assert!(index.unservable_enforce().is_empty());
         // A second invalid edit still keeps generation 1's.
-        index.apply(env("prod", 3, serde_json::json!({"namespacesRegex": ["["]})));
-        assert_eq!(index.gated("a", None, &Labels::new())[0].1.generation, Some(1));
+        index.apply(env(
+            "prod",
+            3,
+            serde_json::json!({"namespacesRegex": ["["]}),
+        ));
+        assert_eq!(
+            index.gated("a", None, &Labels::new())[0].1.generation,
+            Some(1)
+        );
         // A valid spec replaces it.
         index.apply(env("prod", 4, serde_json::json!({"namespaces": ["b"]})));
         assert!(index.gated("a", None, &Labels::new()).is_empty());

@@ -40,7 +40,9 @@ struct Stub {
 }
 
 impl Stub {
-    async fn start(answer: impl Fn(&str, &str) -> (u16, String, Duration) + Send + Sync + 'static) -> Self {
+    async fn start(
+        answer: impl Fn(&str, &str) -> (u16, String, Duration) + Send + Sync + 'static,
+    ) -> Self {
         let answer: Arc<Answerer> = Arc::new(answer);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
@@ -131,7 +133,8 @@ async fn read_request(stream: &mut tokio::net::TcpStream) -> Option<(String, Str
 async fn kosli(compliant: bool, delay: Duration) -> Stub {
     Stub::start(move |_, path| {
         if path.contains("/asserts/") {
-            let body = json!({"compliant": compliant, "scope": "environment", "environment": "prod"});
+            let body =
+                json!({"compliant": compliant, "scope": "environment", "environment": "prod"});
             (200, body.to_string(), delay)
         } else {
             (404, "{}".to_owned(), Duration::ZERO)
@@ -141,13 +144,15 @@ async fn kosli(compliant: bool, delay: Duration) -> Stub {
 }
 
 fn quiet_api() -> impl Fn(&str, &str) -> (u16, String, Duration) + Send + Sync + 'static {
-    |method, path| match method {
+    |method, path| {
+        match method {
         "POST" => (201, json!({"metadata": {"name": "e"}}).to_string(), Duration::ZERO),
         _ => (
             404,
             json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404, "message": format!("{path} not found")}).to_string(),
             Duration::ZERO,
         ),
+    }
     }
 }
 
@@ -175,10 +180,10 @@ async fn rig(
     }
     index.set_synced();
     let state = Arc::new(SharedState::new(ClusterState::new([None])));
-    state
-        .write()
-        .namespaces
-        .apply("shop".into(), [("team".to_owned(), "shop".to_owned())].into());
+    state.write().namespaces.apply(
+        "shop".into(),
+        [("team".to_owned(), "shop".to_owned())].into(),
+    );
     let metrics = Arc::new(Metrics::new().unwrap());
     let mut config = KosliConfig::new(&kosli.url, "acme", ApiToken::new("token"));
     config.retry.max_retries = 0;
@@ -215,7 +220,10 @@ async fn rig(
 }
 
 fn enforce_shop() -> (&'static str, Value) {
-    ("shop-env", json!({"name": "prod", "namespaces": ["shop"], "gate": {"mode": "Enforce"}}))
+    (
+        "shop-env",
+        json!({"name": "prod", "namespaces": ["shop"], "gate": {"mode": "Enforce"}}),
+    )
 }
 
 fn pinned(n: usize) -> String {
@@ -261,12 +269,18 @@ async fn answer(rig: &Rig, body: Vec<u8>) -> Value {
     let out = rig.handler.review(body.into()).await.unwrap();
     let review: Value = serde_json::from_slice(&out).unwrap();
     assert_eq!(review["apiVersion"], "admission.k8s.io/v1");
-    assert_eq!(review["response"]["uid"], "705ab4f5-6393-11e8-b7cc-42010a800002");
+    assert_eq!(
+        review["response"]["uid"],
+        "705ab4f5-6393-11e8-b7cc-42010a800002"
+    );
     review["response"].clone()
 }
 
 fn message(response: &Value) -> String {
-    response["status"]["message"].as_str().unwrap_or_default().to_owned()
+    response["status"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
 }
 
 fn warnings(response: &Value) -> Vec<String> {
@@ -276,7 +290,9 @@ fn warnings(response: &Value) -> Vec<String> {
 /// A pod naming 50 pull secrets, for a tag (which needs the registry).
 fn fifty_secrets() -> Value {
     let mut spec = pod(&["127.0.0.1:9/app:v1".to_owned()]);
-    spec["imagePullSecrets"] = (0..50).map(|i| json!({"name": format!("s{i:02}")})).collect();
+    spec["imagePullSecrets"] = (0..50)
+        .map(|i| json!({"name": format!("s{i:02}")}))
+        .collect();
     spec["serviceAccountName"] = json!("builder");
     spec
 }
@@ -284,11 +300,29 @@ fn fifty_secrets() -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_pull_secret_resolution_no_secret_or_service_account_is_read() {
     let kosli = kosli(true, Duration::ZERO).await;
-    let r = rig(Stub::start(quiet_api()).await, &kosli, &[enforce_shop()], |_| {}).await;
-    let response = answer(&r, review("shop", fifty_secrets(), json!({}), alice(), false)).await;
-    assert_eq!(response["allowed"], false, "the tag cannot be resolved: {response}");
+    let r = rig(
+        Stub::start(quiet_api()).await,
+        &kosli,
+        &[enforce_shop()],
+        |_| {},
+    )
+    .await;
+    let response = answer(
+        &r,
+        review("shop", fifty_secrets(), json!({}), alice(), false),
+    )
+    .await;
+    assert_eq!(
+        response["allowed"], false,
+        "the tag cannot be resolved: {response}"
+    );
     assert_eq!(r.api.count("/secrets/"), 0, "{:?}", r.api.requests());
-    assert_eq!(r.api.count("/serviceaccounts/"), 0, "{:?}", r.api.requests());
+    assert_eq!(
+        r.api.count("/serviceaccounts/"),
+        0,
+        "{:?}",
+        r.api.requests()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -305,7 +339,11 @@ async fn at_most_the_cap_of_pull_secrets_is_read_at_once_within_the_deadline() {
     .await;
     let r = rig(api, &kosli, &[enforce_shop()], |o| o.pull_secrets = true).await;
     let started = Instant::now();
-    let response = answer(&r, review("shop", fifty_secrets(), json!({}), alice(), false)).await;
+    let response = answer(
+        &r,
+        review("shop", fifty_secrets(), json!({}), alice(), false),
+    )
+    .await;
     let took = started.elapsed();
     assert!(took < Duration::from_secs(2), "answered after {took:?}");
     assert_eq!(r.api.count("/secrets/"), 8, "{:?}", r.api.requests());
@@ -314,7 +352,11 @@ async fn at_most_the_cap_of_pull_secrets_is_read_at_once_within_the_deadline() {
         0,
         "the pod's own secrets fill the cap"
     );
-    assert_eq!(r.api.max_in_flight.load(Ordering::SeqCst), 8, "read at once");
+    assert_eq!(
+        r.api.max_in_flight.load(Ordering::SeqCst),
+        8,
+        "read at once"
+    );
     let said = warnings(&response);
     assert_eq!(said.len(), 1, "{said:?}");
     assert!(
@@ -334,7 +376,10 @@ async fn at_most_the_cap_of_pull_secrets_is_read_at_once_within_the_deadline() {
         }
     })
     .await;
-    let warn = ("shop-env", json!({"name": "prod", "namespaces": ["shop"], "gate": {"mode": "Warn"}}));
+    let warn = (
+        "shop-env",
+        json!({"name": "prod", "namespaces": ["shop"], "gate": {"mode": "Warn"}}),
+    );
     let r = rig(api, &kosli, &[warn], |o| {
         o.pull_secrets = true;
         o.max_pull_secrets = 4;
@@ -379,9 +424,16 @@ async fn a_hanging_api_server_still_gets_an_answer_before_the_deadline() {
     })
     .await;
     let started = Instant::now();
-    let response = answer(&r, review("shop", fifty_secrets(), json!({}), alice(), false)).await;
+    let response = answer(
+        &r,
+        review("shop", fifty_secrets(), json!({}), alice(), false),
+    )
+    .await;
     let took = started.elapsed();
-    assert!(took < Duration::from_millis(1300), "answered after {took:?}");
+    assert!(
+        took < Duration::from_millis(1300),
+        "answered after {took:?}"
+    );
     assert_eq!(response["allowed"], false);
     assert_eq!(
         message(&response),
@@ -394,17 +446,26 @@ async fn a_hanging_api_server_still_gets_an_answer_before_the_deadline() {
         .get();
     assert_eq!(timed_out, 1);
 
-    let warn = ("shop-env", json!({"name": "prod", "namespaces": ["shop"], "gate": {"mode": "Warn"}}));
+    let warn = (
+        "shop-env",
+        json!({"name": "prod", "namespaces": ["shop"], "gate": {"mode": "Warn"}}),
+    );
     let r = rig(hang().await, &kosli, &[warn], |o| {
         o.pull_secrets = true;
         o.deadline = Duration::from_secs(1);
     })
     .await;
-    let response = answer(&r, review("shop", fifty_secrets(), json!({}), alice(), false)).await;
+    let response = answer(
+        &r,
+        review("shop", fifty_secrets(), json!({}), alice(), false),
+    )
+    .await;
     assert_eq!(response["allowed"], true);
     assert_eq!(
         warnings(&response),
-        ["the Kosli gate could not check this: the gate could not decide within 1s: no answer in time while reading pull secrets"]
+        [
+            "the Kosli gate could not check this: the gate could not decide within 1s: no answer in time while reading pull secrets"
+        ]
     );
 }
 
@@ -419,7 +480,11 @@ async fn break_glass_needs_authority_is_recorded_by_name_and_never_in_a_dry_run(
     let kosli = kosli(false, Duration::ZERO).await;
     // Event writes hang: they must not hold the answer up.
     let api = Stub::start(|method, _| match method {
-        "POST" => (201, json!({"metadata": {"name": "e"}}).to_string(), Duration::from_secs(30)),
+        "POST" => (
+            201,
+            json!({"metadata": {"name": "e"}}).to_string(),
+            Duration::from_secs(30),
+        ),
         _ => (404, "{}".to_owned(), Duration::ZERO),
     })
     .await;
@@ -431,32 +496,57 @@ async fn break_glass_needs_authority_is_recorded_by_name_and_never_in_a_dry_run(
     })
     .await;
     let spec = pod(&[pinned(0)]);
-    let response = answer(&r, review("shop", spec.clone(), break_glass(), alice(), false)).await;
+    let response = answer(
+        &r,
+        review("shop", spec.clone(), break_glass(), alice(), false),
+    )
+    .await;
     assert_eq!(response["allowed"], false);
     assert_eq!(
         message(&response),
         "denied by the Kosli gate: gate.kosli.com/break-glass-until used by \"alice\" (groups: system:authenticated), who may not break glass; allowed users: root; allowed groups: oncall"
     );
-    assert_eq!(kosli.count("/asserts/"), 0, "a refused break-glass needs no lookup");
+    assert_eq!(
+        kosli.count("/asserts/"),
+        0,
+        "a refused break-glass needs no lookup"
+    );
 
     let oncall = json!({"username": "bob", "groups": ["oncall"]});
     let started = Instant::now();
-    let response = answer(&r, review("shop", spec.clone(), break_glass(), oncall.clone(), true)).await;
+    let response = answer(
+        &r,
+        review("shop", spec.clone(), break_glass(), oncall.clone(), true),
+    )
+    .await;
     assert_eq!(response["allowed"], true);
     assert!(started.elapsed() < Duration::from_secs(1));
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(r.api.count("POST"), 0, "a dry run writes no Event: {:?}", r.api.requests());
+    assert_eq!(
+        r.api.count("POST"),
+        0,
+        "a dry run writes no Event: {:?}",
+        r.api.requests()
+    );
 
     let started = Instant::now();
     let response = answer(&r, review("shop", spec, break_glass(), oncall, false)).await;
     assert_eq!(response["allowed"], true);
-    assert!(started.elapsed() < Duration::from_secs(1), "the Event write hangs, the answer does not");
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "the Event write hangs, the answer does not"
+    );
     let deadline = Instant::now() + Duration::from_secs(2);
     while r.api.count("POST") == 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(
-        r.api.requests().iter().filter(|p| p.starts_with("POST")).cloned().collect::<Vec<_>>(),
+        r.api
+            .requests()
+            .iter()
+            .filter(|p| p.starts_with("POST"))
+            .cloned()
+            .collect::<Vec<_>>(),
         ["POST /apis/events.k8s.io/v1/namespaces/kube-system/events"]
     );
 }
@@ -464,9 +554,14 @@ async fn break_glass_needs_authority_is_recorded_by_name_and_never_in_a_dry_run(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lookups_in_flight_per_review_are_capped_and_images_deduplicated() {
     let kosli = kosli(true, Duration::from_millis(100)).await;
-    let r = rig(Stub::start(quiet_api()).await, &kosli, &[enforce_shop()], |o| {
-        o.max_lookups_per_review = 3;
-    })
+    let r = rig(
+        Stub::start(quiet_api()).await,
+        &kosli,
+        &[enforce_shop()],
+        |o| {
+            o.max_lookups_per_review = 3;
+        },
+    )
     .await;
     // Twelve distinct digests, each named twice.
     let distinct: Vec<String> = (0..12)
@@ -482,9 +577,22 @@ async fn lookups_in_flight_per_review_are_capped_and_images_deduplicated() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_kinds_count_as_other_and_unreadable_reviews_with_a_uid_are_denied() {
     let kosli = kosli(true, Duration::ZERO).await;
-    let r = rig(Stub::start(quiet_api()).await, &kosli, &[enforce_shop()], |_| {}).await;
+    let r = rig(
+        Stub::start(quiet_api()).await,
+        &kosli,
+        &[enforce_shop()],
+        |_| {},
+    )
+    .await;
     for i in 0..5 {
-        let mut body: Value = serde_json::from_slice(&review("shop", pod(&[pinned(0)]), json!({}), alice(), false)).unwrap();
+        let mut body: Value = serde_json::from_slice(&review(
+            "shop",
+            pod(&[pinned(0)]),
+            json!({}),
+            alice(),
+            false,
+        ))
+        .unwrap();
         body["request"]["kind"]["kind"] = json!(format!("Forged{i}"));
         let response = answer(&r, body.to_string().into_bytes()).await;
         assert_eq!(response["allowed"], true, "not an inspected kind");
@@ -500,18 +608,34 @@ async fn forged_kinds_count_as_other_and_unreadable_reviews_with_a_uid_are_denie
     assert_eq!(kinds, ["other".to_owned()].into());
 
     // An object that does not parse, in a review that names its uid: denied.
-    let mut body: Value = serde_json::from_slice(&review("shop", pod(&[pinned(0)]), json!({}), alice(), false)).unwrap();
+    let mut body: Value = serde_json::from_slice(&review(
+        "shop",
+        pod(&[pinned(0)]),
+        json!({}),
+        alice(),
+        false,
+    ))
+    .unwrap();
     body["request"]["object"] = json!("not an object");
     let response = answer(&r, body.to_string().into_bytes()).await;
     assert_eq!(response["allowed"], false);
     assert!(
-        message(&response).starts_with("denied by the Kosli gate: unreadable review: not an AdmissionReview"),
+        message(&response)
+            .starts_with("denied by the Kosli gate: unreadable review: not an AdmissionReview"),
         "{response}"
     );
     body["request"]["operation"] = json!("EXPLODE");
-    assert_eq!(answer(&r, body.to_string().into_bytes()).await["allowed"], false);
+    assert_eq!(
+        answer(&r, body.to_string().into_bytes()).await["allowed"],
+        false
+    );
     // No uid: not an AdmissionReview at all, refused with 400.
-    for garbage in [&b"{}"[..], b"[1,2]", b"{\"request\": {\"uid\": 7}}", b"\xff"] {
+    for garbage in [
+        &b"{}"[..],
+        b"[1,2]",
+        b"{\"request\": {\"uid\": 7}}",
+        b"\xff",
+    ] {
         let rejection = r.handler.review(garbage.to_vec().into()).await.unwrap_err();
         assert_eq!(rejection.status, 400, "{garbage:?}");
     }
@@ -533,48 +657,84 @@ async fn a_namespace_whose_labels_are_not_known_yet_is_fetched_or_denied() {
     })
     .await;
     let r = rig(api, &kosli, &[by_label], |_| {}).await;
-    let response = answer(&r, review("new-shop", pod(&[pinned(0)]), json!({}), alice(), false)).await;
+    let response = answer(
+        &r,
+        review("new-shop", pod(&[pinned(0)]), json!({}), alice(), false),
+    )
+    .await;
     assert_eq!(response["allowed"], false, "{response}");
-    assert!(message(&response).contains("is not compliant for prod"), "{response}");
+    assert!(
+        message(&response).contains("is not compliant for prod"),
+        "{response}"
+    );
     assert_eq!(r.api.count("GET /api/v1/namespaces/new-shop"), 1);
 
-    let response = answer(&r, review("other", pod(&[pinned(0)]), json!({}), alice(), false)).await;
+    let response = answer(
+        &r,
+        review("other", pod(&[pinned(0)]), json!({}), alice(), false),
+    )
+    .await;
     assert_eq!(response["allowed"], false, "{response}");
     assert!(
         message(&response).starts_with("denied by the Kosli gate: the labels of namespace other are not known yet and could not be read ("),
         "{response}"
     );
     // A known namespace is not fetched.
-    answer(&r, review("shop", pod(&[pinned(0)]), json!({}), alice(), false)).await;
+    answer(
+        &r,
+        review("shop", pod(&[pinned(0)]), json!({}), alice(), false),
+    )
+    .await;
     assert_eq!(r.api.count("/api/v1/namespaces/shop"), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_invalid_spec_keeps_gating_by_the_last_valid_one_or_denies() {
     let kosli = kosli(false, Duration::ZERO).await;
-    let r = rig(Stub::start(quiet_api()).await, &kosli, &[enforce_shop()], |_| {}).await;
+    let r = rig(
+        Stub::start(quiet_api()).await,
+        &kosli,
+        &[enforce_shop()],
+        |_| {},
+    )
+    .await;
     // Applied through the handler's own index: an edit that breaks the spec.
     let index = r.index.clone();
     let mut broken = KosliEnvironment::new(
         "shop-env",
-        serde_json::from_value(json!({"name": "prod", "namespacesRegex": ["("], "gate": {"mode": "Enforce"}})).unwrap(),
+        serde_json::from_value(
+            json!({"name": "prod", "namespacesRegex": ["("], "gate": {"mode": "Enforce"}}),
+        )
+        .unwrap(),
     );
     broken.metadata.generation = Some(2);
     index.apply(broken);
-    let response = answer(&r, review("shop", pod(&[pinned(0)]), json!({}), alice(), false)).await;
+    let response = answer(
+        &r,
+        review("shop", pod(&[pinned(0)]), json!({}), alice(), false),
+    )
+    .await;
     assert_eq!(response["allowed"], false, "still gated: {response}");
-    assert!(message(&response).contains("is not compliant for prod"), "{response}");
+    assert!(
+        message(&response).contains("is not compliant for prod"),
+        "{response}"
+    );
 
     let never = (
         "never-env",
         json!({"name": "never", "namespacesRegex": ["("], "gate": {"mode": "Enforce"}}),
     );
     let r = rig(Stub::start(quiet_api()).await, &kosli, &[never], |_| {}).await;
-    let response = answer(&r, review("shop", pod(&[pinned(0)]), json!({}), alice(), false)).await;
+    let response = answer(
+        &r,
+        review("shop", pod(&[pinned(0)]), json!({}), alice(), false),
+    )
+    .await;
     assert_eq!(response["allowed"], false, "{response}");
     assert!(
-        message(&response).starts_with("denied by the Kosli gate: KosliEnvironment never-env has an invalid spec ("),
+        message(&response).starts_with(
+            "denied by the Kosli gate: KosliEnvironment never-env has an invalid spec ("
+        ),
         "{response}"
     );
 }
-

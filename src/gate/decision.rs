@@ -31,10 +31,15 @@ pub enum Skip {
     ExemptNamespace,
     NoEnvironment,
     /// An honoured break-glass: admitted, and recorded with who used it.
-    BreakGlass { until: jiff::Timestamp, user: String },
+    BreakGlass {
+        until: jiff::Timestamp,
+        user: String,
+    },
     /// A break-glass by someone the install does not authorise: not a lookup
     /// but a refusal (denied in Enforce, a warning in Warn and Audit).
-    BreakGlassNotAuthorised { reason: String },
+    BreakGlassNotAuthorised {
+        reason: String,
+    },
 }
 
 impl Skip {

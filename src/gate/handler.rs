@@ -11,6 +11,7 @@ use futures::future::{BoxFuture, join_all};
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::{Namespace, ObjectReference};
 use kube::api::Api;
+use kube::core::TypeMeta;
 use kube::core::admission::{AdmissionResponse, Operation};
 use tokio::time::Instant;
 
@@ -191,7 +192,11 @@ impl Inner {
         let index = &self.ctx.environments;
         let known = self.ctx.state.read().namespace_labels(namespace).cloned();
         if let Some(namespace_labels) = known {
-            return Ok(targets(index.gated(namespace, Some(&namespace_labels), &labels)));
+            return Ok(targets(index.gated(
+                namespace,
+                Some(&namespace_labels),
+                &labels,
+            )));
         }
         let by_labels = index.gated_by_namespace_labels();
         if !check || by_labels.is_empty() {
@@ -210,15 +215,23 @@ impl Inner {
         match api.get_opt(namespace).await {
             Ok(Some(found)) => {
                 let namespace_labels = found.metadata.labels.unwrap_or_default();
-                Ok(targets(index.gated(namespace, Some(&namespace_labels), &labels)))
+                Ok(targets(index.gated(
+                    namespace,
+                    Some(&namespace_labels),
+                    &labels,
+                )))
             }
             Ok(None) => Err((
                 possible,
-                format!("namespace {namespace} was not found, so the environments selecting namespaces by label cannot be matched"),
+                format!(
+                    "namespace {namespace} was not found, so the environments selecting namespaces by label cannot be matched"
+                ),
             )),
             Err(e) => Err((
                 possible,
-                format!("the labels of namespace {namespace} are not known yet and could not be read ({e}), so the environments selecting namespaces by label cannot be matched"),
+                format!(
+                    "the labels of namespace {namespace} are not known yet and could not be read ({e}), so the environments selecting namespaces by label cannot be matched"
+                ),
             )),
         }
     }
@@ -292,8 +305,9 @@ impl Inner {
         let Some(uid) = review_uid(body) else {
             return Err(ReviewRejection::bad_request(reason));
         };
-        let mut response =
-            AdmissionResponse::invalid(format!("denied by the Kosli gate: unreadable review: {reason}"));
+        let mut response = AdmissionResponse::invalid(format!(
+            "denied by the Kosli gate: unreadable review: {reason}"
+        ));
         response.uid = uid;
         let metrics = &self.ctx.metrics;
         metrics
@@ -350,7 +364,9 @@ impl Inner {
             Ok(_) | Err(Skip::NoEnvironment) if check && !unservable.is_empty() => {
                 let reasons: Vec<String> = unservable
                     .iter()
-                    .map(|(object, invalid)| format!("KosliEnvironment {object} has an invalid spec ({invalid})"))
+                    .map(|(object, invalid)| {
+                        format!("KosliEnvironment {object} has an invalid spec ({invalid})")
+                    })
                     .collect();
                 let answer = decision::undecided(GateMode::Enforce, &reasons.join(" | "));
                 return (answer, "denied", GateMode::Enforce);
@@ -368,7 +384,13 @@ impl Inner {
             Err(skip) => return allow(skip.label()),
         };
         let mut answer = self
-            .check(workload, &plan.images, &plan.targets, lookup_deadline, progress)
+            .check(
+                workload,
+                &plan.images,
+                &plan.targets,
+                lookup_deadline,
+                progress,
+            )
             .await;
         if let decision::BreakGlass::Ignored(ignored) =
             decision::break_glass_for(workload, &self.options.break_glass, now)
@@ -574,7 +596,15 @@ fn label(answer: &Answer) -> &'static str {
     }
 }
 
-fn encode(response: AdmissionResponse) -> Result<Vec<u8>, ReviewRejection> {
+/// The answer as the API server reads it. Always `admission.k8s.io/v1`: the
+/// webhook is registered for v1 only, and echoing whatever version a
+/// (mangled) request named would make the API server discard the answer and
+/// apply the failure policy.
+fn encode(mut response: AdmissionResponse) -> Result<Vec<u8>, ReviewRejection> {
+    response.types = TypeMeta {
+        api_version: "admission.k8s.io/v1".to_owned(),
+        kind: "AdmissionReview".to_owned(),
+    };
     serde_json::to_vec(&response.into_review()).map_err(|e| ReviewRejection {
         status: 500,
         message: format!("failed to encode the answer: {e}"),

@@ -89,12 +89,19 @@ pub struct PullCredentials {
 
 /// Names in order, each once.
 fn distinct(names: impl IntoIterator<Item = String>, seen: &mut BTreeSet<String>) -> Vec<String> {
-    names.into_iter().filter(|n| seen.insert(n.clone())).collect()
+    names
+        .into_iter()
+        .filter(|n| seen.insert(n.clone()))
+        .collect()
 }
 
 /// Which secrets to read: the pod's own first, then its service account's, at
 /// most `max` in all; the rest are named in `ignored`.
-pub fn choose(own: &[String], from_service_account: &[String], max: usize) -> (Vec<String>, Vec<String>) {
+pub fn choose(
+    own: &[String],
+    from_service_account: &[String],
+    max: usize,
+) -> (Vec<String>, Vec<String>) {
     let mut seen = BTreeSet::new();
     let mut all = distinct(own.iter().cloned(), &mut seen);
     all.extend(distinct(from_service_account.iter().cloned(), &mut seen));
@@ -141,9 +148,14 @@ pub async fn credentials(
             }
         }
     };
-    let (from_sa, mut read) = futures::join!(service_account_secrets, read_all(&api, namespace, &own));
+    let (from_sa, mut read) =
+        futures::join!(service_account_secrets, read_all(&api, namespace, &own));
     let (chosen, ignored) = choose(secrets, &from_sa, max);
-    let more: Vec<String> = chosen.iter().filter(|n| !own.contains(n)).cloned().collect();
+    let more: Vec<String> = chosen
+        .iter()
+        .filter(|n| !own.contains(n))
+        .cloned()
+        .collect();
     read.extend(read_all(&api, namespace, &more).await);
     let mut by_registry = BTreeMap::new();
     // In `chosen` order, so the pod's own secret wins for a registry.
@@ -240,7 +252,10 @@ mod tests {
         assert!(!text.contains("hunter2"), "{text}");
         let truncated = parse_docker_config(br#"{"auths":{"r":{"auth":"c2VjcmV0"#).unwrap_err();
         let text = crate::error::chain(&truncated);
-        assert!(text.starts_with("invalid .dockerconfigjson: truncation error at line 1"), "{text}");
+        assert!(
+            text.starts_with("invalid .dockerconfigjson: truncation error at line 1"),
+            "{text}"
+        );
         assert!(!text.contains("c2VjcmV0"), "{text}");
     }
 

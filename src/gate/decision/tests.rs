@@ -65,7 +65,14 @@ fn target(mode: GateMode) -> Target {
 #[test]
 fn a_create_with_an_enforcing_environment_is_checked_with_images_deduplicated() {
     let w = workload(Operation::Create, &["nginx:1", "nginx:1", "redis:7"]);
-    let plan = plan(&w, vec![target(GateMode::Enforce)], false, &authority(), now()).unwrap();
+    let plan = plan(
+        &w,
+        vec![target(GateMode::Enforce)],
+        false,
+        &authority(),
+        now(),
+    )
+    .unwrap();
     assert_eq!(plan.images, ["nginx:1", "redis:7"]);
 }
 
@@ -73,14 +80,23 @@ fn a_create_with_an_enforcing_environment_is_checked_with_images_deduplicated() 
 fn skips_are_cheap_and_labelled() {
     let mut w = workload(Operation::Create, &["nginx:1"]);
     let t = || vec![target(GateMode::Enforce)];
-    assert_eq!(plan(&w, t(), true, &authority(), now()), Err(Skip::ExemptNamespace));
-    assert_eq!(plan(&w, vec![], false, &authority(), now()), Err(Skip::NoEnvironment));
+    assert_eq!(
+        plan(&w, t(), true, &authority(), now()),
+        Err(Skip::ExemptNamespace)
+    );
+    assert_eq!(
+        plan(&w, vec![], false, &authority(), now()),
+        Err(Skip::NoEnvironment)
+    );
     assert_eq!(
         plan(&w, vec![target(GateMode::Off)], false, &authority(), now()),
         Err(Skip::NoEnvironment)
     );
     w.operation = Operation::Delete;
-    assert_eq!(plan(&w, t(), false, &authority(), now()), Err(Skip::Operation));
+    assert_eq!(
+        plan(&w, t(), false, &authority(), now()),
+        Err(Skip::Operation)
+    );
     w.operation = Operation::Update;
     w.sub_resource = Some("status".into());
     assert_eq!(
@@ -99,7 +115,10 @@ fn skips_are_cheap_and_labelled() {
     );
     w.template = None;
     w.sub_resource = None;
-    assert_eq!(plan(&w, t(), false, &authority(), now()), Err(Skip::NotInspected));
+    assert_eq!(
+        plan(&w, t(), false, &authority(), now()),
+        Err(Skip::NotInspected)
+    );
 }
 
 #[test]
@@ -107,14 +126,26 @@ fn updates_check_only_the_images_they_bring() {
     let mut w = workload(Operation::Update, &["nginx:1", "redis:7"]);
     w.old_template = Some(template(&["redis:7", "nginx:1"]));
     assert_eq!(
-        plan(&w, vec![target(GateMode::Enforce)], false, &authority(), now()),
+        plan(
+            &w,
+            vec![target(GateMode::Enforce)],
+            false,
+            &authority(),
+            now()
+        ),
         Err(Skip::ImagesUnchanged)
     );
     w.old_template = Some(template(&["nginx:1"]));
     assert_eq!(
-        plan(&w, vec![target(GateMode::Enforce)], false, &authority(), now())
-            .unwrap()
-            .images,
+        plan(
+            &w,
+            vec![target(GateMode::Enforce)],
+            false,
+            &authority(),
+            now()
+        )
+        .unwrap()
+        .images,
         ["redis:7"]
     );
 }
