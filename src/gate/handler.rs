@@ -540,9 +540,9 @@ impl Inner {
         join_all(verdicts).await
     }
 
-    /// Counts and logs an honoured break-glass, and records it as an Event
+    /// Logs an honoured break-glass, counts it and records it as an Event
     /// naming who used it, in the background: an Event must never hold the
-    /// answer up, and a dry run writes nothing (`sideEffects: None`).
+    /// answer up. A dry run is only logged (`sideEffects: None`).
     fn record_break_glass(
         &self,
         workload: &Workload,
@@ -551,11 +551,6 @@ impl Inner {
         user: &str,
     ) {
         for target in targets {
-            self.ctx
-                .metrics
-                .break_glass
-                .with_label_values(&[target.kosli_env.as_str()])
-                .inc();
             let note = format!(
                 "{} {}/{} admitted without a Kosli check through break-glass by {user:?} until {until}",
                 workload.kind, workload.namespace, workload.name
@@ -564,6 +559,11 @@ impl Inner {
             if workload.dry_run {
                 continue;
             }
+            self.ctx
+                .metrics
+                .break_glass
+                .with_label_values(&[target.kosli_env.as_str()])
+                .inc();
             let regarding = ObjectReference {
                 api_version: Some("kosli.com/v1alpha1".to_owned()),
                 kind: Some("KosliEnvironment".to_owned()),
