@@ -44,7 +44,7 @@ fn handler(runtime: &tokio::runtime::Runtime) -> GateHandler {
         .write()
         .namespaces
         .apply("shop".into(), Default::default());
-    let mut config = KosliConfig::new(&closed(), "acme", ApiToken::new("token"));
+    let mut config = KosliConfig::new(closed(), "acme", ApiToken::new("token"));
     config.retry.max_retries = 0;
     let registry = RegistryClient::new(&RegistryConfig {
         connect_timeout: Duration::from_millis(200),

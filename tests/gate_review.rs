@@ -35,7 +35,6 @@ type Answerer = dyn Fn(&str, &str) -> (u16, String, Duration) + Send + Sync;
 struct Stub {
     url: String,
     requests: Arc<Mutex<Vec<String>>>,
-    in_flight: Arc<AtomicUsize>,
     max_in_flight: Arc<AtomicUsize>,
 }
 
@@ -78,7 +77,6 @@ impl Stub {
         Self {
             url,
             requests,
-            in_flight,
             max_in_flight,
         }
     }
@@ -228,11 +226,6 @@ fn enforce_shop() -> (&'static str, Value) {
 
 fn pinned(n: usize) -> String {
     format!("127.0.0.1:9/app{n}@sha256:{DIGEST}")
-}
-
-#[allow(dead_code)]
-fn unused_in_flight(stub: &Stub) -> usize {
-    stub.in_flight.load(Ordering::SeqCst)
 }
 
 /// An AdmissionReview of a Pod in `namespace` with `spec`, by `user`.
