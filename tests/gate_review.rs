@@ -731,3 +731,51 @@ async fn an_invalid_spec_keeps_gating_by_the_last_valid_one_or_denies() {
         "{response}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_digests_required_a_tag_is_denied_without_a_lookup() {
+    let kosli = kosli(true, Duration::ZERO).await;
+    let r = rig(
+        Stub::start(quiet_api()).await,
+        &kosli,
+        &[enforce_shop()],
+        |o| {
+            o.require_digests = true;
+            o.pull_secrets = true;
+        },
+    )
+    .await;
+    let images = ["127.0.0.1:9/app:v1".to_owned(), pinned(0)];
+    let response = answer(
+        &r,
+        review(
+            "shop",
+            fifty_secrets_with(&images),
+            json!({}),
+            alice(),
+            false,
+        ),
+    )
+    .await;
+    assert_eq!(response["allowed"], false);
+    assert_eq!(
+        message(&response),
+        "denied by the Kosli gate: 127.0.0.1:9/app:v1: prod requires digests: pin the image by digest (image@sha256:...), a tag can move between this check and the pull"
+    );
+    assert_eq!(
+        r.api.count("/secrets/"),
+        0,
+        "no registry, so no pull secret"
+    );
+    assert_eq!(
+        kosli.count("/asserts/"),
+        1,
+        "the pinned image is still checked"
+    );
+}
+
+fn fifty_secrets_with(images: &[String]) -> Value {
+    let mut spec = fifty_secrets();
+    spec["containers"] = pod(images)["containers"].clone();
+    spec
+}

@@ -298,6 +298,11 @@ pub struct GateArgs {
     #[arg(long, value_delimiter = ',')]
     pub gate_break_glass_users: Vec<String>,
 
+    /// Refuse images named by tag alone, without resolving them: Enforce
+    /// denies with "pin the image by digest", Warn warns.
+    #[arg(long)]
+    pub gate_require_digests: bool,
+
     /// Groups whose members may use the break-glass annotation.
     #[arg(long, value_delimiter = ',', default_value = crate::gate::handler::DEFAULT_BREAK_GLASS_GROUP)]
     pub gate_break_glass_groups: Vec<String>,

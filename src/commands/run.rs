@@ -264,6 +264,7 @@ fn gate_handler(args: &RunArgs, cluster: GateCluster) -> Result<GateHandler> {
             pull_secrets: args.gate.gate_pull_secrets,
             max_pull_secrets: args.gate.gate_max_pull_secrets,
             max_lookups_per_review: args.gate.gate_max_lookups_per_review,
+            require_digests: args.gate.gate_require_digests,
             break_glass: BreakGlassAuthority {
                 users: args.gate.gate_break_glass_users.iter().cloned().collect(),
                 groups: args.gate.gate_break_glass_groups.iter().cloned().collect(),

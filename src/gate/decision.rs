@@ -280,6 +280,17 @@ pub enum ImageVerdict {
     Unresolvable {
         why: String,
     },
+    /// A tag without a digest where the install requires digests: what the
+    /// kubelet pulls could differ from what was checked.
+    NotPinned,
+}
+
+/// The verdict on an image before any lookup, when digests are required: a
+/// reference without one is refused as it is.
+pub fn require_digest(image: &str) -> Option<ImageVerdict> {
+    crate::core::fingerprint::ImageRef::parse(image)
+        .is_ok_and(|r| r.digest.is_none())
+        .then_some(ImageVerdict::NotPinned)
 }
 
 /// What the API server is told.
@@ -380,6 +391,9 @@ fn failure_line(image: &str, env: &str, verdict: &ImageVerdict) -> Option<String
         ImageVerdict::Unresolvable { why } => {
             format!("{image}: cannot resolve tag ({why}); pin a digest (image@sha256:...)")
         }
+        ImageVerdict::NotPinned => format!(
+            "{image}: {env} requires digests: pin the image by digest (image@sha256:...), a tag can move between this check and the pull"
+        ),
     })
 }
 

@@ -45,6 +45,8 @@ pub struct GateOptions {
     pub max_lookups_per_review: usize,
     /// Who may use the break-glass annotation.
     pub break_glass: BreakGlassAuthority,
+    /// Refuse images named by tag alone (Enforce denies, Warn warns).
+    pub require_digests: bool,
 }
 
 impl GateOptions {
@@ -60,6 +62,7 @@ impl GateOptions {
                 users: BTreeSet::new(),
                 groups: BTreeSet::from([DEFAULT_BREAK_GLASS_GROUP.to_owned()]),
             },
+            require_digests: false,
         }
     }
 }
@@ -412,10 +415,12 @@ impl Inner {
         deadline: Instant,
         progress: &SharedProgress,
     ) -> Answer {
-        // Pull secrets matter only for tags: digest-pinned images need no registry.
-        let needs_registry = images
-            .iter()
-            .any(|i| ImageRef::parse(i).is_ok_and(|r| r.digest.is_none()));
+        // Pull secrets matter only for tags: digest-pinned images need no
+        // registry, and with digests required a tag is refused unresolved.
+        let needs_registry = !self.options.require_digests
+            && images
+                .iter()
+                .any(|i| ImageRef::parse(i).is_ok_and(|r| r.digest.is_none()));
         let credentials = match &workload.template {
             Some(t) if needs_registry && self.options.pull_secrets => {
                 note(progress, None, "reading pull secrets");
@@ -504,6 +509,14 @@ impl Inner {
         targets: &[Target],
         deadline: Instant,
     ) -> Vec<(Target, String, ImageVerdict)> {
+        if self.options.require_digests
+            && let Some(verdict) = decision::require_digest(image)
+        {
+            return targets
+                .iter()
+                .map(|t| (t.clone(), image.to_owned(), verdict.clone()))
+                .collect();
+        }
         let lookup = self.resolver.fingerprint(image, credentials);
         let digest = match tokio::time::timeout_at(deadline, lookup).await {
             Ok(Ok(digest)) => digest,

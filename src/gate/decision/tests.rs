@@ -434,3 +434,31 @@ fn a_review_that_cannot_be_decided_is_denied_in_enforce_and_warned_about_otherwi
     assert_eq!(strictest([]), GateMode::Off);
     assert_eq!(mode_label(GateMode::Off), "none");
 }
+
+#[test]
+fn required_digests_refuse_tags_before_any_lookup() {
+    assert_eq!(require_digest("nginx:1"), Some(ImageVerdict::NotPinned));
+    assert_eq!(require_digest("nginx"), Some(ImageVerdict::NotPinned));
+    assert_eq!(require_digest(&format!("nginx@sha256:{D}")), None);
+    assert_eq!(require_digest(&format!("nginx:1@sha256:{D}")), None);
+    assert_eq!(require_digest(""), None, "unparsable: left to the resolver");
+    let denied = answer(&[(
+        target(GateMode::Enforce),
+        "nginx:1".into(),
+        ImageVerdict::NotPinned,
+    )]);
+    assert!(!denied.allowed);
+    assert_eq!(
+        denied.message.as_deref(),
+        Some(
+            "denied by the Kosli gate: nginx:1: prod requires digests: pin the image by digest (image@sha256:...), a tag can move between this check and the pull"
+        )
+    );
+    let warned = answer(&[(
+        target(GateMode::Warn),
+        "nginx:1".into(),
+        ImageVerdict::NotPinned,
+    )]);
+    assert!(warned.allowed);
+    assert_eq!(warned.warnings.len(), 1);
+}
