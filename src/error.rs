@@ -277,6 +277,19 @@ pub enum ImageError {
 
 /// An error and its sources, joined: HTTP client errors say little on their own
 /// ("error sending request"); the cause is in the chain.
+/// Where and what kind of JSON error, without serde_json's own message:
+/// that quotes the input, which may be credentials or a workload's secrets.
+pub fn json_error_position(e: &serde_json::Error) -> (&'static str, usize, usize) {
+    use serde_json::error::Category;
+    let category = match e.classify() {
+        Category::Io => "read",
+        Category::Syntax => "syntax",
+        Category::Data => "structure",
+        Category::Eof => "truncation",
+    };
+    (category, e.line(), e.column())
+}
+
 pub fn chain(error: &dyn std::error::Error) -> String {
     let mut message = error.to_string();
     let mut source = error.source();

@@ -37,16 +37,11 @@ fn registry_key(key: &str) -> String {
 /// The error for a `.dockerconfigjson` that does not parse, without any of
 /// its text.
 fn docker_config_error(e: &serde_json::Error) -> crate::error::Error {
-    use serde_json::error::Category;
+    let (category, line, column) = crate::error::json_error_position(e);
     crate::error::Error::DockerConfig {
-        category: match e.classify() {
-            Category::Io => "read",
-            Category::Syntax => "syntax",
-            Category::Data => "structure",
-            Category::Eof => "truncation",
-        },
-        line: e.line(),
-        column: e.column(),
+        category,
+        line,
+        column,
     }
 }
 

@@ -155,11 +155,15 @@ pub fn parse_review(
     body: &[u8],
 ) -> crate::error::Result<(AdmissionRequest<DynamicObject>, Workload)> {
     use crate::error::Error;
-    let review: AdmissionReview<DynamicObject> =
-        serde_json::from_slice(body).map_err(|e| Error::InvalidReview {
+    let review: AdmissionReview<DynamicObject> = serde_json::from_slice(body).map_err(|e| {
+        // Where, not what: serde_json's message quotes the input, and a
+        // workload's annotations or env may hold secrets.
+        let (category, line, column) = crate::error::json_error_position(&e);
+        Error::InvalidReview {
             problem: "not an AdmissionReview",
-            source: Box::new(e),
-        })?;
+            source: format!("{category} error at line {line}, column {column}").into(),
+        }
+    })?;
     let request: AdmissionRequest<DynamicObject> =
         review.try_into().map_err(|e| Error::InvalidReview {
             problem: "AdmissionReview without a request",
