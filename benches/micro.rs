@@ -211,7 +211,14 @@ fn gate_rows() -> Vec<String> {
     let now = jiff::Timestamp::now();
     let decide = median_per_iter(7, 5_000, || {
         let (_, workload) = parse_review(black_box(&body)).expect("review");
-        let plan = decision::plan(&workload, vec![target.clone()], false, now).expect("plan");
+        let plan = decision::plan(
+            &workload,
+            vec![target.clone()],
+            false,
+            &decision::BreakGlassAuthority::default(),
+            now,
+        )
+        .expect("plan");
         let results: Vec<_> = plan
             .images
             .iter()

@@ -27,6 +27,15 @@ impl std::fmt::Display for InvalidSpec {
     }
 }
 
+/// What the gate enforces for an environment: a valid spec's selection and gate.
+#[derive(Clone, Debug)]
+pub struct Gating {
+    pub selection: Arc<Selection>,
+    pub gate: GateSpec,
+    /// The generation of the spec they come from.
+    pub generation: Option<i64>,
+}
+
 /// One KosliEnvironment as the reporter and the gate need it.
 #[derive(Debug)]
 pub struct IndexedEnvironment {
@@ -38,6 +47,10 @@ pub struct IndexedEnvironment {
     /// The compiled selection, or why the spec cannot be served.
     pub selection: Result<Arc<Selection>, InvalidSpec>,
     pub gate: GateSpec,
+    /// What the gate enforces: this spec's selection and gate when valid, else
+    /// the last valid spec's (an invalid edit must not switch the gate off);
+    /// `None` when no spec of it was ever valid.
+    pub gating: Option<Gating>,
     /// The object as last seen (its status is what the API server holds).
     pub resource: Arc<KosliEnvironment>,
 }
@@ -47,7 +60,13 @@ impl IndexedEnvironment {
     /// (`None`: cluster-wide), which a selection must stay inside.
     pub fn compile(env: KosliEnvironment, watch_namespaces: Option<&[String]>) -> Self {
         let selection = compile_selection(&env, watch_namespaces).map(Arc::new);
+        let gating = selection.as_ref().ok().map(|s| Gating {
+            selection: s.clone(),
+            gate: env.spec.gate.clone(),
+            generation: env.metadata.generation,
+        });
         Self {
+            gating,
             object: env.name_any(),
             kosli_env: env.environment_name(),
             generation: env.metadata.generation,
@@ -64,6 +83,29 @@ impl IndexedEnvironment {
                 .unwrap_or(300)
                 .max(1),
         )
+    }
+
+    /// Whether the gate covers a pod in `namespace` with `labels` (by the last
+    /// valid spec), and in which mode.
+    pub fn gates(
+        &self,
+        namespace: &str,
+        namespace_labels: Option<&Labels>,
+        labels: &Labels,
+    ) -> Option<&Gating> {
+        self.gating.as_ref().filter(|g| {
+            g.gate.mode != GateMode::Off
+                && g.selection.selects_pod(namespace, namespace_labels, labels)
+        })
+    }
+
+    /// An Enforce gate with no valid spec ever seen: it cannot tell which
+    /// namespaces it covers, so it denies what it reviews.
+    pub fn unservable_enforce(&self) -> Option<&InvalidSpec> {
+        match (&self.gating, &self.selection) {
+            (None, Err(invalid)) if self.gate.mode == GateMode::Enforce => Some(invalid),
+            _ => None,
+        }
     }
 
     /// Whether this environment selects a pod in `namespace` with `labels`.
@@ -110,6 +152,22 @@ fn compile_selection(
     Ok(selection)
 }
 
+/// What an invalid spec means for the gate, for its status and Events.
+fn gate_note(kept: Option<&Gating>, gate: &GateSpec) -> String {
+    match kept {
+        Some(g) if g.gate.mode != GateMode::Off => format!(
+            "; the gate keeps enforcing the last valid spec (generation {}, mode {:?}) until this is fixed",
+            g.generation.unwrap_or_default(),
+            g.gate.mode
+        ),
+        None if gate.mode == GateMode::Enforce => {
+            "; with no earlier valid spec, the gate denies every pod it reviews until this is fixed"
+                .to_owned()
+        }
+        _ => String::new(),
+    }
+}
+
 /// What applying an object did to the index.
 #[derive(Debug)]
 pub enum Applied {
@@ -154,10 +212,14 @@ impl EnvironmentIndex {
         if existing.is_some_and(|generation| generation == env.metadata.generation) {
             return Applied::Unchanged;
         }
-        let entry = Arc::new(IndexedEnvironment::compile(
-            env,
-            self.watch_namespaces.as_deref(),
-        ));
+        let mut entry = IndexedEnvironment::compile(env, self.watch_namespaces.as_deref());
+        if let Err(invalid) = &mut entry.selection {
+            entry.gating = entries.get(&name).and_then(|e| e.gating.clone());
+            invalid
+                .message
+                .push_str(&gate_note(entry.gating.as_ref(), &entry.gate));
+        }
+        let entry = Arc::new(entry);
         entries.insert(name, entry.clone());
         match existing {
             Some(_) => Applied::Changed(entry),
@@ -189,19 +251,42 @@ impl EnvironmentIndex {
         self.read().values().cloned().collect()
     }
 
-    /// The environments whose gate is on and whose selection covers a pod in
-    /// `namespace` with `labels`.
+    /// The environments whose gate is on and covers a pod in `namespace` with
+    /// `labels`, with what they enforce (the last valid spec's gate).
     pub fn gated(
         &self,
         namespace: &str,
         namespace_labels: Option<&Labels>,
         labels: &Labels,
-    ) -> Vec<Arc<IndexedEnvironment>> {
+    ) -> Vec<(Arc<IndexedEnvironment>, Gating)> {
         self.read()
             .values()
-            .filter(|e| e.gate.mode != GateMode::Off)
-            .filter(|e| e.selects(namespace, namespace_labels, labels))
-            .cloned()
+            .filter_map(|e| {
+                let gating = e.gates(namespace, namespace_labels, labels)?.clone();
+                Some((e.clone(), gating))
+            })
+            .collect()
+    }
+
+    /// Gates that need a namespace's labels to tell whether they cover it:
+    /// what could gate a pod whose namespace labels are not known.
+    pub fn gated_by_namespace_labels(&self) -> Vec<(Arc<IndexedEnvironment>, Gating)> {
+        self.read()
+            .values()
+            .filter_map(|e| {
+                let gating = e.gating.as_ref()?;
+                (gating.gate.mode != GateMode::Off && gating.selection.needs_namespace_labels())
+                    .then(|| (e.clone(), gating.clone()))
+            })
+            .collect()
+    }
+
+    /// Enforce gates whose spec was never valid (see
+    /// [`IndexedEnvironment::unservable_enforce`]): object name and why.
+    pub fn unservable_enforce(&self) -> Vec<(String, InvalidSpec)> {
+        self.read()
+            .values()
+            .filter_map(|e| Some((e.object.clone(), e.unservable_enforce()?.clone())))
             .collect()
     }
 
@@ -299,8 +384,11 @@ mod tests {
             1,
             serde_json::json!({"podSelector": {"matchLabels": {"app": "web"}}, "gate": {"mode": "Audit"}}),
         ));
-        let names = |found: Vec<Arc<IndexedEnvironment>>| {
-            found.iter().map(|e| e.object.clone()).collect::<Vec<_>>()
+        let names = |found: Vec<(Arc<IndexedEnvironment>, Gating)>| {
+            found
+                .iter()
+                .map(|(e, _)| e.object.clone())
+                .collect::<Vec<_>>()
         };
         assert_eq!(
             names(index.gated("a", None, &Labels::new())),
@@ -311,6 +399,97 @@ mod tests {
             vec!["by-label", "enforced"]
         );
         assert!(index.gated("b", None, &Labels::new()).is_empty());
+    }
+
+    #[test]
+    fn an_invalid_edit_keeps_the_gate_on_the_last_valid_spec_and_says_so() {
+        let index = EnvironmentIndex::new(None);
+        index.apply(env(
+            "prod",
+            1,
+            serde_json::json!({"namespaces": ["a"], "gate": {"mode": "Enforce"}}),
+        ));
+        let Applied::Changed(broken) = index.apply(env(
+            "prod",
+            2,
+            serde_json::json!({"namespacesRegex": ["("], "gate": {"mode": "Off"}}),
+        )) else {
+            panic!("a new generation is a change")
+        };
+        let message = &broken.selection.as_ref().unwrap_err().message;
+        assert!(
+            message.ends_with(
+                "; the gate keeps enforcing the last valid spec (generation 1, mode Enforce) until this is fixed"
+            ),
+            "{message}"
+        );
+        let gated = index.gated("a", None, &Labels::new());
+        assert_eq!(gated.len(), 1, "still gating namespace a");
+        assert_eq!(gated[0].1.gate.mode, GateMode::Enforce);
+        assert_eq!(gated[0].1.generation, Some(1));
+        assert!(index.gated("b", None, &Labels::new()).is_empty());
+        assert!(index.unservable_enforce().is_empty());
+        // A second invalid edit still keeps generation 1's.
+        index.apply(env(
+            "prod",
+            3,
+            serde_json::json!({"namespacesRegex": ["["]}),
+        ));
+        assert_eq!(
+            index.gated("a", None, &Labels::new())[0].1.generation,
+            Some(1)
+        );
+        // A valid spec replaces it.
+        index.apply(env("prod", 4, serde_json::json!({"namespaces": ["b"]})));
+        assert!(index.gated("a", None, &Labels::new()).is_empty());
+    }
+
+    #[test]
+    fn an_enforce_gate_that_was_never_valid_is_unservable() {
+        let index = EnvironmentIndex::new(None);
+        let Applied::Added(entry) = index.apply(env(
+            "prod",
+            1,
+            serde_json::json!({"namespacesRegex": ["("], "gate": {"mode": "Enforce"}}),
+        )) else {
+            panic!("added")
+        };
+        let message = &entry.selection.as_ref().unwrap_err().message;
+        assert!(
+            message.ends_with(
+                "; with no earlier valid spec, the gate denies every pod it reviews until this is fixed"
+            ),
+            "{message}"
+        );
+        let unservable = index.unservable_enforce();
+        assert_eq!(unservable.len(), 1);
+        assert_eq!(unservable[0].0, "prod");
+        assert!(index.gated("a", None, &Labels::new()).is_empty());
+        // Warn or Audit with a spec never valid: nothing to deny.
+        index.apply(env(
+            "prod",
+            2,
+            serde_json::json!({"namespacesRegex": ["("], "gate": {"mode": "Warn"}}),
+        ));
+        assert!(index.unservable_enforce().is_empty());
+    }
+
+    #[test]
+    fn gates_that_select_namespaces_by_label_are_known() {
+        let index = EnvironmentIndex::new(None);
+        index.apply(env(
+            "by-label",
+            1,
+            serde_json::json!({"namespaceSelector": {"matchLabels": {"team": "shop"}}, "gate": {"mode": "Enforce"}}),
+        ));
+        index.apply(env(
+            "by-name",
+            1,
+            serde_json::json!({"namespaces": ["a"], "gate": {"mode": "Enforce"}}),
+        ));
+        let found = index.gated_by_namespace_labels();
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].0.object, "by-label");
     }
 
     #[test]

@@ -179,9 +179,15 @@ pub enum Error {
         source: Option<jiff::Error>,
     },
 
-    /// A pull secret whose `.dockerconfigjson` does not parse.
-    #[error("invalid .dockerconfigjson")]
-    DockerConfig(#[source] serde_json::Error),
+    /// A pull secret whose `.dockerconfigjson` does not parse. Only where and
+    /// what kind of error: serde_json's own message quotes the input, which
+    /// here is credentials.
+    #[error("invalid .dockerconfigjson: {category} error at line {line}, column {column}")]
+    DockerConfig {
+        category: &'static str,
+        line: usize,
+        column: usize,
+    },
 
     /// A registry could not tell the digest of an image.
     #[error("failed to resolve {image}: {message}")]
@@ -307,6 +313,19 @@ pub enum ImageError {
 
 /// An error and its sources, joined: HTTP client errors say little on their own
 /// ("error sending request"); the cause is in the chain.
+/// Where and what kind of JSON error, without serde_json's own message:
+/// that quotes the input, which may be credentials or a workload's secrets.
+pub fn json_error_position(e: &serde_json::Error) -> (&'static str, usize, usize) {
+    use serde_json::error::Category;
+    let category = match e.classify() {
+        Category::Io => "read",
+        Category::Syntax => "syntax",
+        Category::Data => "structure",
+        Category::Eof => "truncation",
+    };
+    (category, e.line(), e.column())
+}
+
 pub fn chain(error: &dyn std::error::Error) -> String {
     let mut message = error.to_string();
     let mut source = error.source();
@@ -365,7 +384,7 @@ impl Error {
             | Error::InvalidImageReference(_)
             | Error::InvalidReview { .. }
             | Error::BreakGlass { .. }
-            | Error::DockerConfig(_)
+            | Error::DockerConfig { .. }
             | Error::Image(_)
             | Error::RenderYaml { .. }
             | Error::Serialize { .. }

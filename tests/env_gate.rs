@@ -175,6 +175,19 @@ impl Gate {
 }
 
 impl Gate {
+    /// A client acting as `user` in `groups` (the test env's admin may impersonate).
+    async fn impersonating(&self, user: &str, groups: &[&str]) -> Client {
+        let kc = kube::config::Kubeconfig::read_from(&self.env.kubeconfig).unwrap();
+        let mut config =
+            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+                .await
+                .unwrap();
+        config.auth_info.impersonate = Some(user.to_owned());
+        config.auth_info.impersonate_groups =
+            Some(groups.iter().map(|g| (*g).to_owned()).collect());
+        Client::try_from(config).unwrap()
+    }
+
     /// Removes the webhook configuration (it selects only this test's namespace,
     /// so one left behind by a failed test harms nobody).
     async fn cleanup(self) {
@@ -343,7 +356,9 @@ async fn kosli_outage_admits_cached_compliant_digests_only_and_a_hang_still_gets
         took < Duration::from_secs(5),
         "answered after {took:?}, beyond the 5 s timeout"
     );
-    // Break-glass: admitted until it expires, and recorded as an Event.
+    // Break-glass: only for the install's break-glass group (both users may
+    // create pods: system:masters), admitted until it expires, and recorded
+    // as an Event naming who used it.
     let until = (jiff::Timestamp::now() + jiff::SignedDuration::from_secs(600)).to_string();
     let pod: Pod = serde_json::from_value(json!({
         "metadata": {"name": "emergency", "namespace": g.ns,
@@ -351,12 +366,44 @@ async fn kosli_outage_admits_cached_compliant_digests_only_and_a_hang_still_gets
         "spec": {"containers": [{"name": "app", "image": g.image(&g.env.registry, &g.env.index_tag)}]}
     }))
     .unwrap();
-    Api::<Pod>::namespaced(g.client.clone(), &g.ns)
+    let mallory = g.impersonating("mallory", &["system:masters"]).await;
+    let err = g.denial(
+        Api::<Pod>::namespaced(mallory, &g.ns)
+            .create(&PostParams::default(), &pod)
+            .await,
+    );
+    let refused = err.strip_prefix(&g.denial_prefix()).unwrap();
+    assert!(
+        refused.starts_with(
+            "gate.kosli.com/break-glass-until used by \"mallory\" (groups: "
+        ) && refused.contains("system:masters")
+            && refused.ends_with(
+                "), who may not break glass; allowed users: none; allowed groups: kosli-operator:break-glass"
+            ),
+        "{err}"
+    );
+    let oncall = g
+        .impersonating("oncall", &["system:masters", "kosli-operator:break-glass"])
+        .await;
+    // A dry run is admitted and writes nothing (the webhook has sideEffects: None).
+    let mut rehearsal = pod.clone();
+    rehearsal.metadata.name = Some("rehearsal".into());
+    Api::<Pod>::namespaced(oncall.clone(), &g.ns)
+        .create(
+            &PostParams {
+                dry_run: true,
+                ..PostParams::default()
+            },
+            &rehearsal,
+        )
+        .await
+        .unwrap();
+    Api::<Pod>::namespaced(oncall, &g.ns)
         .create(&PostParams::default(), &pod)
         .await
         .unwrap();
     let environment = format!("{}-env", g.id);
-    eventually(Duration::from_secs(10), "a BreakGlass event", || async {
+    let event = eventually(Duration::from_secs(10), "a BreakGlass event", || async {
         support::testenv::events_about(&g.client, &environment)
             .await
             .into_iter()
@@ -366,6 +413,20 @@ async fn kosli_outage_admits_cached_compliant_digests_only_and_a_hang_still_gets
             })
     })
     .await;
+    assert!(
+        event.note.as_deref().unwrap().starts_with(&format!(
+            "Pod {}/emergency admitted without a Kosli check through break-glass by \"oncall\" until ",
+            g.ns
+        )),
+        "{event:?}"
+    );
+    // The Event of the real create is in; one for the earlier dry run would be too.
+    let rehearsed: Vec<_> = support::testenv::events_about(&g.client, &environment)
+        .await
+        .into_iter()
+        .filter(|e| e.note.as_deref().is_some_and(|n| n.contains("rehearsal")))
+        .collect();
+    assert!(rehearsed.is_empty(), "a dry run wrote {rehearsed:?}");
     let expired = (jiff::Timestamp::now() - jiff::SignedDuration::from_secs(60)).to_string();
     let mut late = pod.clone();
     late.metadata.name = Some("too-late".into());
@@ -396,7 +457,11 @@ async fn kosli_outage_admits_cached_compliant_digests_only_and_a_hang_still_gets
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tag_behind_basic_auth_resolves_with_the_pods_pull_secret() {
     // The probe's non-compliant verdict must not outlive the probe.
-    let g = gate("Enforce", &["--gate-non-compliant-cache", "100ms"]).await;
+    let g = gate(
+        "Enforce",
+        &["--gate-non-compliant-cache", "100ms", "--gate-pull-secrets"],
+    )
+    .await;
     g.wait_active().await;
     tokio::time::sleep(Duration::from_millis(150)).await;
     g.set_verdict(&g.env.single_digest, true);
@@ -455,5 +520,32 @@ async fn a_tag_behind_basic_auth_resolves_with_the_pods_pull_secret() {
         .create(&PostParams::default(), &pod)
         .await
         .unwrap();
+
+    // Fifty pull secrets named (none exists): at most the cap is read, all at
+    // once, and the review is answered inside the webhook's 5 s timeout.
+    let image = g.image(&g.env.registry_basic, "never-pushed");
+    let secrets: Vec<_> = (0..50)
+        .map(|i| json!({"name": format!("missing-{i}")}))
+        .collect();
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "many-secrets", "namespace": g.ns},
+        "spec": {"imagePullSecrets": secrets, "containers": [{"name": "app", "image": image}]}
+    }))
+    .unwrap();
+    let started = Instant::now();
+    let err = g.denial(
+        Api::<Pod>::namespaced(g.client.clone(), &g.ns)
+            .create(&PostParams::default(), &pod)
+            .await,
+    );
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(4), "answered after {took:?}");
+    assert!(
+        err.starts_with(&format!(
+            "{}{image}: cannot resolve tag (",
+            g.denial_prefix()
+        )),
+        "{err}"
+    );
     g.cleanup().await;
 }

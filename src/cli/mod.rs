@@ -302,6 +302,33 @@ pub struct GateArgs {
     /// review waits for a free one within its deadline.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
     pub gate_max_lookups: u32,
+
+    /// Read pods' imagePullSecrets (and their service accounts') to resolve
+    /// private tags. Off: the gate reads no Secret or ServiceAccount at all.
+    #[arg(long)]
+    pub gate_pull_secrets: bool,
+
+    /// At most this many pull secrets read per review, the service account's
+    /// included; the rest are ignored with a warning.
+    #[arg(long, default_value_t = 8)]
+    pub gate_max_pull_secrets: usize,
+
+    /// At most this many image lookups in flight per review (0 counts as 1).
+    #[arg(long, default_value_t = 8)]
+    pub gate_max_lookups_per_review: usize,
+
+    /// Users who may use the break-glass annotation.
+    #[arg(long, value_delimiter = ',')]
+    pub gate_break_glass_users: Vec<String>,
+
+    /// Refuse images named by tag alone, without resolving them: Enforce
+    /// denies with "pin the image by digest", Warn warns.
+    #[arg(long)]
+    pub gate_require_digests: bool,
+
+    /// Groups whose members may use the break-glass annotation.
+    #[arg(long, value_delimiter = ',', default_value = crate::gate::handler::DEFAULT_BREAK_GLASS_GROUP)]
+    pub gate_break_glass_groups: Vec<String>,
 }
 
 impl GateArgs {

@@ -217,6 +217,7 @@ impl Health for Readiness {
 /// The admission gate: its own Kosli client (no retries, bounded by the review
 /// deadline), the registry client, the resolver and the HTTPS server.
 fn gate_handler(args: &RunArgs, cluster: GateCluster) -> Result<GateHandler> {
+    use crate::gate::decision::BreakGlassAuthority;
     use crate::gate::handler::GateOptions;
     use crate::gate::registry::{RegistryClient, RegistryConfig};
     use crate::gate::resolver::{Resolver, ResolverOptions};
@@ -263,8 +264,16 @@ fn gate_handler(args: &RunArgs, cluster: GateCluster) -> Result<GateHandler> {
         cluster,
         resolver,
         GateOptions {
-            deadline,
             exempt_namespaces: exempt,
+            pull_secrets: args.gate.gate_pull_secrets,
+            max_pull_secrets: args.gate.gate_max_pull_secrets,
+            max_lookups_per_review: args.gate.gate_max_lookups_per_review,
+            require_digests: args.gate.gate_require_digests,
+            break_glass: BreakGlassAuthority {
+                users: non_empty(&args.gate.gate_break_glass_users),
+                groups: non_empty(&args.gate.gate_break_glass_groups),
+            },
+            ..GateOptions::new(deadline)
         },
     ))
 }
@@ -289,4 +298,14 @@ async fn serve_gate(
     let (bound, task) = crate::gate::server::serve(config, Arc::new(handler), shutdown).await?;
     tracing::info!(addr = %bound, deadline_ms = deadline.as_millis() as u64, "admission gate serving /validate");
     Ok(task)
+}
+
+/// The chart renders `--gate-break-glass-groups=` for an empty list: nobody.
+fn non_empty(names: &[String]) -> std::collections::BTreeSet<String> {
+    names
+        .iter()
+        .map(|n| n.trim())
+        .filter(|n| !n.is_empty())
+        .map(str::to_owned)
+        .collect()
 }

@@ -30,7 +30,16 @@ pub enum Skip {
     ImagesUnchanged,
     ExemptNamespace,
     NoEnvironment,
-    BreakGlass { until: jiff::Timestamp },
+    /// An honoured break-glass: admitted, and recorded with who used it.
+    BreakGlass {
+        until: jiff::Timestamp,
+        user: String,
+    },
+    /// A break-glass by someone the install does not authorise: not a lookup
+    /// but a refusal (denied in Enforce, a warning in Warn and Audit).
+    BreakGlassNotAuthorised {
+        reason: String,
+    },
 }
 
 impl Skip {
@@ -44,7 +53,104 @@ impl Skip {
             Skip::ExemptNamespace => "exempt",
             Skip::NoEnvironment => "no-environment",
             Skip::BreakGlass { .. } => "break-glass",
+            Skip::BreakGlassNotAuthorised { .. } => "break-glass-refused",
         }
+    }
+}
+
+/// Who may use break-glass: users named, or members of groups named, by the
+/// install. Empty sets authorise nobody.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BreakGlassAuthority {
+    pub users: BTreeSet<String>,
+    pub groups: BTreeSet<String>,
+}
+
+/// What a workload's break-glass annotation amounts to for the requester.
+#[derive(Debug)]
+pub enum BreakGlass {
+    /// No annotation.
+    Absent,
+    /// Valid, in force, and the requester may use it.
+    Honoured { until: jiff::Timestamp },
+    /// Valid and in force, but the requester may not use it.
+    NotAuthorised { reason: String },
+    /// Expired, too far ahead or unreadable: ignored, the workload is checked.
+    Ignored(Error),
+}
+
+/// The break-glass of `workload` as requested by its `user`. Authority is
+/// checked only for an annotation that would otherwise hold, so an expired or
+/// malformed one keeps its own, more useful, reason.
+pub fn break_glass_for(
+    workload: &Workload,
+    authority: &BreakGlassAuthority,
+    now: jiff::Timestamp,
+) -> BreakGlass {
+    let until = match break_glass(workload, now) {
+        None => return BreakGlass::Absent,
+        Some(Err(e)) => return BreakGlass::Ignored(e),
+        Some(Ok(until)) => until,
+    };
+    let user = &workload.user;
+    if authority.users.contains(&user.username)
+        || user.groups.iter().any(|g| authority.groups.contains(g))
+    {
+        return BreakGlass::Honoured { until };
+    }
+    let names = |set: &BTreeSet<String>| {
+        if set.is_empty() {
+            "none".to_owned()
+        } else {
+            set.iter().cloned().collect::<Vec<_>>().join(", ")
+        }
+    };
+    BreakGlass::NotAuthorised {
+        reason: format!(
+            "{BREAK_GLASS_ANNOTATION} used by {:?} (groups: {}), who may not break glass; allowed users: {}; allowed groups: {}",
+            user.username,
+            names(&user.groups.iter().cloned().collect()),
+            names(&authority.users),
+            names(&authority.groups),
+        ),
+    }
+}
+
+/// The answer when the gate cannot decide (no answer in time, labels or a
+/// spec it cannot read, a refused break-glass): Enforce denies with the
+/// reason, Warn and Audit admit with it as a warning, so nothing is admitted
+/// silently by accident.
+pub fn undecided(mode: GateMode, reason: &str) -> Answer {
+    let line = format!("the Kosli gate could not check this: {reason}");
+    match mode {
+        GateMode::Enforce => Answer {
+            allowed: false,
+            message: Some(format!("denied by the Kosli gate: {reason}")),
+            warnings: Vec::new(),
+            failures: vec![line],
+        },
+        GateMode::Warn | GateMode::Audit | GateMode::Off => Answer {
+            allowed: true,
+            message: None,
+            warnings: vec![line.clone()],
+            failures: vec![line],
+        },
+    }
+}
+
+/// The strictest gate mode among `modes` (`Off` when there are none).
+pub fn strictest(modes: impl IntoIterator<Item = GateMode>) -> GateMode {
+    // GateMode orders Off < Audit < Warn < Enforce.
+    modes.into_iter().max().unwrap_or(GateMode::Off)
+}
+
+/// The metric and log label of a mode.
+pub fn mode_label(mode: GateMode) -> &'static str {
+    match mode {
+        GateMode::Off => "none",
+        GateMode::Audit => "Audit",
+        GateMode::Warn => "Warn",
+        GateMode::Enforce => "Enforce",
     }
 }
 
@@ -94,6 +200,7 @@ pub fn plan(
     workload: &Workload,
     targets: Vec<Target>,
     exempt: bool,
+    authority: &BreakGlassAuthority,
     now: jiff::Timestamp,
 ) -> Result<Plan, Skip> {
     if !matches!(workload.operation, Operation::Create | Operation::Update) {
@@ -128,8 +235,17 @@ pub fn plan(
     if targets.is_empty() {
         return Err(Skip::NoEnvironment);
     }
-    if let Some(Ok(until)) = break_glass(workload, now) {
-        return Err(Skip::BreakGlass { until });
+    match break_glass_for(workload, authority, now) {
+        BreakGlass::Honoured { until } => {
+            return Err(Skip::BreakGlass {
+                until,
+                user: workload.user.username.clone(),
+            });
+        }
+        BreakGlass::NotAuthorised { reason } => {
+            return Err(Skip::BreakGlassNotAuthorised { reason });
+        }
+        BreakGlass::Absent | BreakGlass::Ignored(_) => {}
     }
     Ok(Plan {
         images: images.into_iter().map(str::to_owned).collect(),
@@ -164,6 +280,17 @@ pub enum ImageVerdict {
     Unresolvable {
         why: String,
     },
+    /// A tag without a digest where the install requires digests: what the
+    /// kubelet pulls could differ from what was checked.
+    NotPinned,
+}
+
+/// The verdict on an image before any lookup, when digests are required: a
+/// reference without one is refused as it is.
+pub fn require_digest(image: &str) -> Option<ImageVerdict> {
+    crate::core::fingerprint::ImageRef::parse(image)
+        .is_ok_and(|r| r.digest.is_none())
+        .then_some(ImageVerdict::NotPinned)
 }
 
 /// What the API server is told.
@@ -264,6 +391,9 @@ fn failure_line(image: &str, env: &str, verdict: &ImageVerdict) -> Option<String
         ImageVerdict::Unresolvable { why } => {
             format!("{image}: cannot resolve tag ({why}); pin a digest (image@sha256:...)")
         }
+        ImageVerdict::NotPinned => format!(
+            "{image}: {env} requires digests: pin the image by digest (image@sha256:...), a tag can move between this check and the pull"
+        ),
     })
 }
 

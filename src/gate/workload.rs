@@ -26,6 +26,13 @@ pub struct PodTemplate {
     pub service_account: String,
 }
 
+/// Who sent the request, as the API server authenticated them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Requester {
+    pub username: String,
+    pub groups: Vec<String>,
+}
+
 /// One admission request, reduced to what the gate decides on.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Workload {
@@ -40,6 +47,25 @@ pub struct Workload {
     pub template: Option<PodTemplate>,
     /// The old object's template, on UPDATE.
     pub old_template: Option<PodTemplate>,
+    pub user: Requester,
+    /// A dry run: the webhook declares `sideEffects: None`, so nothing is written.
+    pub dry_run: bool,
+}
+
+/// The kinds the gate inspects, as metric label values; any other kind a
+/// (possibly forged) review names is `other`, so labels stay a fixed set.
+pub fn kind_label(kind: &str) -> &'static str {
+    match kind {
+        "Pod" => "Pod",
+        "Deployment" => "Deployment",
+        "StatefulSet" => "StatefulSet",
+        "DaemonSet" => "DaemonSet",
+        "ReplicaSet" => "ReplicaSet",
+        "Job" => "Job",
+        "ReplicationController" => "ReplicationController",
+        "CronJob" => "CronJob",
+        _ => "other",
+    }
 }
 
 /// The kinds the gate inspects and where their pod spec lives.
@@ -129,11 +155,15 @@ pub fn parse_review(
     body: &[u8],
 ) -> crate::error::Result<(AdmissionRequest<DynamicObject>, Workload)> {
     use crate::error::Error;
-    let review: AdmissionReview<DynamicObject> =
-        serde_json::from_slice(body).map_err(|e| Error::InvalidReview {
+    let review: AdmissionReview<DynamicObject> = serde_json::from_slice(body).map_err(|e| {
+        // Where, not what: serde_json's message quotes the input, and a
+        // workload's annotations or env may hold secrets.
+        let (category, line, column) = crate::error::json_error_position(&e);
+        Error::InvalidReview {
             problem: "not an AdmissionReview",
-            source: Box::new(e),
-        })?;
+            source: format!("{category} error at line {line}, column {column}").into(),
+        }
+    })?;
     let request: AdmissionRequest<DynamicObject> =
         review.try_into().map_err(|e| Error::InvalidReview {
             problem: "AdmissionReview without a request",
@@ -141,6 +171,22 @@ pub fn parse_review(
         })?;
     let workload = workload(&request);
     Ok((request, workload))
+}
+
+/// The `request.uid` of a body that does not parse as a whole: with it the
+/// review can still be answered (denied) rather than refused with an HTTP
+/// error, which the API server would treat under the failure policy.
+pub fn review_uid(body: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct UidOnly {
+        request: UidRequest,
+    }
+    #[derive(serde::Deserialize)]
+    struct UidRequest {
+        uid: String,
+    }
+    let parsed: UidOnly = serde_json::from_slice(body).ok()?;
+    Some(parsed.request.uid).filter(|uid| !uid.is_empty())
 }
 
 fn as_value(object: &DynamicObject) -> Value {
@@ -163,6 +209,11 @@ fn workload(request: &AdmissionRequest<DynamicObject>) -> Workload {
         ),
         template: object.as_ref().and_then(|o| pod_template(&kind, o)),
         old_template: old.as_ref().and_then(|o| pod_template(&kind, o)),
+        user: Requester {
+            username: request.user_info.username.clone().unwrap_or_default(),
+            groups: request.user_info.groups.clone().unwrap_or_default(),
+        },
+        dry_run: request.dry_run,
         kind,
     }
 }

@@ -3,7 +3,7 @@ use std::collections::BTreeMap;
 use kube::core::admission::Operation;
 
 use super::*;
-use crate::gate::workload::{ContainerImage, PodTemplate, Workload};
+use crate::gate::workload::{ContainerImage, PodTemplate, Requester, Workload};
 use crate::kosli::{AssertResponse, PolicyEvaluation};
 
 const D: &str = "644a70516a26004c97d0d85c7fe1d0c3a67ea8ab7ddf4aff193d9f301670cf36";
@@ -37,6 +37,19 @@ fn workload(operation: Operation, images: &[&str]) -> Workload {
         annotations: BTreeMap::new(),
         template: Some(template(images)),
         old_template: None,
+        user: Requester {
+            username: "alice".into(),
+            groups: vec!["system:authenticated".into(), "oncall".into()],
+        },
+        dry_run: false,
+    }
+}
+
+/// Members of `oncall` and the user `root` may break glass.
+fn authority() -> BreakGlassAuthority {
+    BreakGlassAuthority {
+        users: ["root".to_owned()].into(),
+        groups: ["oncall".to_owned()].into(),
     }
 }
 
@@ -52,7 +65,14 @@ fn target(mode: GateMode) -> Target {
 #[test]
 fn a_create_with_an_enforcing_environment_is_checked_with_images_deduplicated() {
     let w = workload(Operation::Create, &["nginx:1", "nginx:1", "redis:7"]);
-    let plan = plan(&w, vec![target(GateMode::Enforce)], false, now()).unwrap();
+    let plan = plan(
+        &w,
+        vec![target(GateMode::Enforce)],
+        false,
+        &authority(),
+        now(),
+    )
+    .unwrap();
     assert_eq!(plan.images, ["nginx:1", "redis:7"]);
 }
 
@@ -60,33 +80,45 @@ fn a_create_with_an_enforcing_environment_is_checked_with_images_deduplicated() 
 fn skips_are_cheap_and_labelled() {
     let mut w = workload(Operation::Create, &["nginx:1"]);
     let t = || vec![target(GateMode::Enforce)];
-    assert_eq!(plan(&w, t(), true, now()), Err(Skip::ExemptNamespace));
-    assert_eq!(plan(&w, vec![], false, now()), Err(Skip::NoEnvironment));
     assert_eq!(
-        plan(&w, vec![target(GateMode::Off)], false, now()),
+        plan(&w, t(), true, &authority(), now()),
+        Err(Skip::ExemptNamespace)
+    );
+    assert_eq!(
+        plan(&w, vec![], false, &authority(), now()),
+        Err(Skip::NoEnvironment)
+    );
+    assert_eq!(
+        plan(&w, vec![target(GateMode::Off)], false, &authority(), now()),
         Err(Skip::NoEnvironment)
     );
     w.operation = Operation::Delete;
-    assert_eq!(plan(&w, t(), false, now()), Err(Skip::Operation));
+    assert_eq!(
+        plan(&w, t(), false, &authority(), now()),
+        Err(Skip::Operation)
+    );
     w.operation = Operation::Update;
     w.sub_resource = Some("status".into());
     assert_eq!(
-        plan(&w, t(), false, now()),
+        plan(&w, t(), false, &authority(), now()),
         Err(Skip::Subresource("status".into()))
     );
     w.sub_resource = Some("scale".into());
     assert!(matches!(
-        plan(&w, t(), false, now()),
+        plan(&w, t(), false, &authority(), now()),
         Err(Skip::Subresource(_))
     ));
     w.sub_resource = Some("ephemeralcontainers".into());
     assert!(
-        plan(&w, t(), false, now()).is_ok(),
+        plan(&w, t(), false, &authority(), now()).is_ok(),
         "debug containers are checked"
     );
     w.template = None;
     w.sub_resource = None;
-    assert_eq!(plan(&w, t(), false, now()), Err(Skip::NotInspected));
+    assert_eq!(
+        plan(&w, t(), false, &authority(), now()),
+        Err(Skip::NotInspected)
+    );
 }
 
 #[test]
@@ -94,14 +126,26 @@ fn updates_check_only_the_images_they_bring() {
     let mut w = workload(Operation::Update, &["nginx:1", "redis:7"]);
     w.old_template = Some(template(&["redis:7", "nginx:1"]));
     assert_eq!(
-        plan(&w, vec![target(GateMode::Enforce)], false, now()),
+        plan(
+            &w,
+            vec![target(GateMode::Enforce)],
+            false,
+            &authority(),
+            now()
+        ),
         Err(Skip::ImagesUnchanged)
     );
     w.old_template = Some(template(&["nginx:1"]));
     assert_eq!(
-        plan(&w, vec![target(GateMode::Enforce)], false, now())
-            .unwrap()
-            .images,
+        plan(
+            &w,
+            vec![target(GateMode::Enforce)],
+            false,
+            &authority(),
+            now()
+        )
+        .unwrap()
+        .images,
         ["redis:7"]
     );
 }
@@ -113,15 +157,16 @@ fn break_glass_holds_only_until_it_expires_and_at_most_a_day() {
     w.annotations
         .insert(BREAK_GLASS_ANNOTATION.into(), "2026-11-26T13:00:00Z".into());
     assert_eq!(
-        plan(&w, t(), false, now()),
+        plan(&w, t(), false, &authority(), now()),
         Err(Skip::BreakGlass {
-            until: "2026-11-26T13:00:00Z".parse().unwrap()
+            until: "2026-11-26T13:00:00Z".parse().unwrap(),
+            user: "alice".into(),
         })
     );
     w.annotations
         .insert(BREAK_GLASS_ANNOTATION.into(), "2026-11-26T11:59:59Z".into());
     assert!(
-        plan(&w, t(), false, now()).is_ok(),
+        plan(&w, t(), false, &authority(), now()).is_ok(),
         "expired: checked as usual"
     );
     assert!(
@@ -134,12 +179,12 @@ fn break_glass_holds_only_until_it_expires_and_at_most_a_day() {
     w.annotations
         .insert(BREAK_GLASS_ANNOTATION.into(), "2026-11-28T12:00:00Z".into());
     assert!(
-        plan(&w, t(), false, now()).is_ok(),
+        plan(&w, t(), false, &authority(), now()).is_ok(),
         "too far ahead: not honoured"
     );
     w.annotations
         .insert(BREAK_GLASS_ANNOTATION.into(), "tomorrow".into());
-    assert!(plan(&w, t(), false, now()).is_ok());
+    assert!(plan(&w, t(), false, &authority(), now()).is_ok());
     assert!(
         break_glass(&w, now())
             .unwrap()
@@ -288,4 +333,132 @@ fn reasons_name_policies_rules_and_attestations() {
         ..AssertResponse::default()
     };
     assert_eq!(reasons(&bare), ["policy p is NON-COMPLIANT"]);
+}
+
+#[test]
+fn break_glass_is_honoured_only_for_the_users_and_groups_named() {
+    let mut w = workload(Operation::Create, &["nginx:1"]);
+    let t = || vec![target(GateMode::Enforce)];
+    let until: jiff::Timestamp = "2026-11-26T13:00:00Z".parse().unwrap();
+    w.annotations
+        .insert(BREAK_GLASS_ANNOTATION.into(), until.to_string());
+    // A member of an allowed group.
+    assert!(matches!(
+        break_glass_for(&w, &authority(), now()),
+        BreakGlass::Honoured { until: u } if u == until
+    ));
+    // A named user, in no allowed group.
+    w.user = Requester {
+        username: "root".into(),
+        groups: vec![],
+    };
+    assert_eq!(
+        plan(&w, t(), false, &authority(), now()),
+        Err(Skip::BreakGlass {
+            until,
+            user: "root".into()
+        })
+    );
+    // Anyone else: refused, and the reason names who tried.
+    w.user = Requester {
+        username: "mallory".into(),
+        groups: vec!["system:authenticated".into(), "devs".into()],
+    };
+    let expected = "gate.kosli.com/break-glass-until used by \"mallory\" (groups: devs, system:authenticated), who may not break glass; allowed users: root; allowed groups: oncall";
+    assert_eq!(
+        plan(&w, t(), false, &authority(), now()),
+        Err(Skip::BreakGlassNotAuthorised {
+            reason: expected.into()
+        })
+    );
+    // Nobody is authorised by an empty authority, not even a cluster admin.
+    w.user = Requester {
+        username: "kubernetes-admin".into(),
+        groups: vec!["system:masters".into()],
+    };
+    let nobody = BreakGlassAuthority::default();
+    let BreakGlass::NotAuthorised { reason } = break_glass_for(&w, &nobody, now()) else {
+        panic!("an empty authority authorises nobody")
+    };
+    assert!(
+        reason.ends_with("allowed users: none; allowed groups: none"),
+        "{reason}"
+    );
+    // A group name is matched exactly, not as a prefix.
+    w.user.groups = vec!["oncall-2".into(), "Oncall".into()];
+    assert!(matches!(
+        break_glass_for(&w, &authority(), now()),
+        BreakGlass::NotAuthorised { .. }
+    ));
+    // Expired: ignored whoever asks (checked as usual, with its own reason).
+    w.annotations
+        .insert(BREAK_GLASS_ANNOTATION.into(), "2026-11-26T11:00:00Z".into());
+    assert!(matches!(
+        break_glass_for(&w, &authority(), now()),
+        BreakGlass::Ignored(_)
+    ));
+    assert!(plan(&w, t(), false, &authority(), now()).is_ok());
+    w.annotations.clear();
+    assert!(matches!(
+        break_glass_for(&w, &authority(), now()),
+        BreakGlass::Absent
+    ));
+}
+
+#[test]
+fn a_review_that_cannot_be_decided_is_denied_in_enforce_and_warned_about_otherwise() {
+    let denied = undecided(GateMode::Enforce, "no answer in time");
+    assert!(!denied.allowed);
+    assert_eq!(
+        denied.message.as_deref(),
+        Some("denied by the Kosli gate: no answer in time")
+    );
+    assert_eq!(
+        denied.failures,
+        ["the Kosli gate could not check this: no answer in time"]
+    );
+    for mode in [GateMode::Warn, GateMode::Audit] {
+        let admitted = undecided(mode, "no answer in time");
+        assert!(admitted.allowed, "{mode:?}");
+        assert_eq!(admitted.message, None);
+        assert_eq!(
+            admitted.warnings,
+            ["the Kosli gate could not check this: no answer in time"]
+        );
+    }
+    assert_eq!(
+        strictest([GateMode::Audit, GateMode::Enforce, GateMode::Warn]),
+        GateMode::Enforce
+    );
+    assert_eq!(strictest([GateMode::Audit, GateMode::Warn]), GateMode::Warn);
+    assert_eq!(strictest([]), GateMode::Off);
+    assert_eq!(mode_label(GateMode::Off), "none");
+}
+
+#[test]
+fn required_digests_refuse_tags_before_any_lookup() {
+    assert_eq!(require_digest("nginx:1"), Some(ImageVerdict::NotPinned));
+    assert_eq!(require_digest("nginx"), Some(ImageVerdict::NotPinned));
+    assert_eq!(require_digest(&format!("nginx@sha256:{D}")), None);
+    assert_eq!(require_digest(&format!("nginx:1@sha256:{D}")), None);
+    assert_eq!(require_digest(""), None, "unparsable: left to the resolver");
+    let denied = answer(&[(
+        target(GateMode::Enforce),
+        "nginx:1".into(),
+        ImageVerdict::NotPinned,
+    )]);
+    assert!(!denied.allowed);
+    assert_eq!(
+        denied.message.as_deref(),
+        Some(
+            "denied by the Kosli gate: nginx:1: prod requires digests: pin the image by digest (image@sha256:...), a tag can move between this check and the pull"
+        )
+    );
+    let warned = answer(&[(
+        target(GateMode::Warn),
+        "nginx:1".into(),
+        ImageVerdict::NotPinned,
+    )]);
+    assert!(warned.allowed);
+    assert_eq!(warned.warnings.len(), 1);
 }

@@ -161,3 +161,17 @@ fn odd_shapes_inside_a_valid_review_do_not_panic() {
     );
     assert!(t.image_pull_secrets.is_empty());
 }
+
+#[test]
+fn a_malformed_review_is_reported_without_its_text() {
+    let object =
+        json!({"metadata": {"labels": "db-password=hunter2"}, "spec": pod_spec(&["nginx:1"])});
+    let body = review("Pod", "v1", "CREATE", object, None);
+    let error = parse_review(&body).unwrap_err();
+    let text = crate::error::chain(&error);
+    assert!(
+        text.starts_with("not an AdmissionReview: structure error at line 1, column "),
+        "{text}"
+    );
+    assert!(!text.contains("hunter2"), "{text}");
+}
