@@ -4,6 +4,7 @@
 pub mod chart_pod;
 pub mod fake_kosli;
 pub mod helm;
+pub mod hostile_registry;
 pub mod operator;
 pub mod testenv;
 pub mod tools;
