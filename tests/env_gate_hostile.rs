@@ -169,7 +169,10 @@ impl Hostile {
         let probe = format!("{}/probe@sha256:{}", self.registry.addr, "e".repeat(64));
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            match self.create_pod(&unique("probe"), &[probe.clone()]).await {
+            match self
+                .create_pod(&unique("probe"), std::slice::from_ref(&probe))
+                .await
+            {
                 Err(e) if e.to_string().contains("denied") => break,
                 _ => assert!(Instant::now() < deadline, "the webhook was never called"),
             }
@@ -221,7 +224,9 @@ async fn hostile_registries_get_a_decision_in_time_not_a_dropped_review() {
 
     for behaviour in ["endless", "hang", "bigtoken", "elsewhere"] {
         let image = h.registry.image(behaviour, "1");
-        let message = h.denied_in_time(behaviour, &[image.clone()]).await;
+        let message = h
+            .denied_in_time(behaviour, std::slice::from_ref(&image))
+            .await;
         assert!(message.contains(&image), "{behaviour}: {message}");
         h.alive().await;
     }
@@ -236,7 +241,7 @@ async fn hostile_registries_get_a_decision_in_time_not_a_dropped_review() {
     h.set_non_compliant(OVERFLOW_DIGEST);
     let image = h.registry.image("overflow", "1");
     for name in ["overflow-1", "overflow-2"] {
-        let message = h.denied_in_time(name, &[image.clone()]).await;
+        let message = h.denied_in_time(name, std::slice::from_ref(&image)).await;
         assert!(message.contains(&image), "{name}: {message}");
         h.alive().await;
     }
