@@ -259,6 +259,10 @@ async fn hostile_registries_get_a_decision_in_time_not_a_dropped_review() {
     h.alive().await;
 
     let (peak, _) = h.memory_kib();
+    eprintln!(
+        "operator memory: {rss_before} KiB before, peak {peak} KiB (+{} KiB)",
+        peak.saturating_sub(rss_before)
+    );
     assert!(
         peak.saturating_sub(rss_before) < 64 * 1024,
         "memory grew by {} KiB under hostile registries (from {rss_before} KiB to a peak of {peak} KiB)",
@@ -360,6 +364,10 @@ async fn a_flood_of_forged_reviews_is_decided_in_time_within_bounded_memory() {
     }
     h.alive().await;
     let (peak, _) = h.memory_kib();
+    eprintln!(
+        "operator memory: {rss_before} KiB before, peak {peak} KiB (+{} KiB)",
+        peak.saturating_sub(rss_before)
+    );
     assert!(
         peak.saturating_sub(rss_before) < 64 * 1024,
         "memory grew by {} KiB under forged reviews (from {rss_before} KiB to a peak of {peak} KiB)",

@@ -114,7 +114,7 @@ gate:
   pullSecretNamespaces: [default]
   maxPullSecrets: 3
   maxLookupsPerReview: 4
-  maxLookups: 32
+  maxLookups: 16
   maxConnections: 100
   breakGlass: {groups: [sre, platform], users: [alice]}
   clientAuth: {enabled: true, caSecret: apiserver-client-ca, caKey: ca.pem}
@@ -290,7 +290,7 @@ async fn every_values_set_renders_manifests_that_validate_and_the_apiserver_acce
         "--gate-pull-secrets",
         "--gate-max-pull-secrets=3",
         "--gate-max-lookups-per-review=4",
-        "--gate-max-lookups=32",
+        "--gate-max-lookups=16",
         "--webhook-max-connections=100",
         "--gate-break-glass-groups=sre,platform",
         "--gate-break-glass-users=alice",
@@ -483,7 +483,7 @@ fn gate_flags_are_rendered_with_their_defaults() {
             "--webhook-max-connections=256",
             "--gate-max-pull-secrets=8",
             "--gate-max-lookups-per-review=8",
-            "--gate-max-lookups=64",
+            "--gate-max-lookups=32",
             "--gate-break-glass-groups=kosli-operator:break-glass",
         ]
     );

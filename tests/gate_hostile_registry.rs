@@ -353,7 +353,7 @@ async fn a_token_answer_that_never_ends_is_cut_at_1_mib() {
     let err = client().resolve(&img, None).await.unwrap_err();
     assert_eq!(
         err.to_string(),
-        format!("failed to resolve {img}: the token response is larger than 1 MiB")
+        format!("failed to resolve {img}: the token response is larger than 256 KiB")
     );
     assert!(sent.load(Ordering::SeqCst) < 64 << 20);
 }

@@ -299,8 +299,9 @@ pub struct GateArgs {
     pub registry_token_hosts: Vec<String>,
 
     /// Registry and Kosli lookups in flight at once, across all reviews; a
-    /// review waits for a free one within its deadline.
-    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
+    /// review waits for a free one within its deadline. Each can hold up to
+    /// about 1 MiB of buffers while a registry streams at it.
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..))]
     pub gate_max_lookups: u32,
 
     /// Read pods' imagePullSecrets (and their service accounts') to resolve

@@ -40,6 +40,11 @@ pub enum Skip {
     BreakGlassNotAuthorised {
         reason: String,
     },
+    /// An inspected kind whose pod template cannot be read: a refusal like
+    /// the one above, never an admission unchecked.
+    Unreadable {
+        reason: String,
+    },
 }
 
 impl Skip {
@@ -54,6 +59,7 @@ impl Skip {
             Skip::NoEnvironment => "no-environment",
             Skip::BreakGlass { .. } => "break-glass",
             Skip::BreakGlassNotAuthorised { .. } => "break-glass-refused",
+            Skip::Unreadable { .. } => "unreadable",
         }
     }
 }
@@ -211,12 +217,21 @@ pub fn plan(
     {
         return Err(Skip::Subresource(sub.clone()));
     }
+    if exempt && (workload.template.is_some() || workload.unreadable.is_some()) {
+        return Err(Skip::ExemptNamespace);
+    }
+    if let Some(problem) = &workload.unreadable {
+        return if targets.iter().any(|t| t.mode != GateMode::Off) {
+            Err(Skip::Unreadable {
+                reason: format!("the {} cannot be read: {problem}", workload.kind),
+            })
+        } else {
+            Err(Skip::NoEnvironment)
+        };
+    }
     let Some(template) = &workload.template else {
         return Err(Skip::NotInspected);
     };
-    if exempt {
-        return Err(Skip::ExemptNamespace);
-    }
     let mut images: BTreeSet<&str> = template.images.iter().map(|c| c.image.as_str()).collect();
     if workload.operation == Operation::Update
         && let Some(old) = &workload.old_template

@@ -384,6 +384,11 @@ impl Inner {
                 let answer = decision::undecided(mode, &reason);
                 return (answer, "break-glass-refused", mode);
             }
+            Err(Skip::Unreadable { reason }) => {
+                tracing::warn!(namespace = %workload.namespace, name = %workload.name, "unreadable object: {reason}");
+                let answer = decision::undecided(mode, &reason);
+                return (answer, "unreadable", mode);
+            }
             Err(skip) => return allow(skip.label()),
         };
         let mut answer = self

@@ -25,7 +25,7 @@ use sha2::{Digest as _, Sha256};
 use super::bounded_map::BoundedMap;
 use crate::core::fingerprint::{DOCKER_HUB, Digest, ImageRef};
 use crate::error::{Error, Result, chain};
-use crate::http_body::{MIB, read_capped};
+use crate::http_body::{KIB, MIB, read_capped, sha256_capped};
 
 /// Every manifest media type we accept: the index kinds first, so a registry that
 /// negotiates returns the top-level object for multi-platform images.
@@ -41,8 +41,9 @@ const DOCKER_HUB_AUTH: &str = "auth.docker.io";
 
 /// The OCI distribution spec's limit for a manifest a registry must accept.
 pub const MANIFEST_LIMIT: u64 = 4 * MIB;
-/// A token answer is a few KiB of JSON; 1 MiB leaves room for huge JWTs.
-pub const TOKEN_ANSWER_LIMIT: u64 = MIB;
+/// A token answer is a few KiB of JSON; 256 KiB leaves room for huge JWTs
+/// while 64 lookups at once hold at most 16 MiB of them.
+pub const TOKEN_ANSWER_LIMIT: u64 = 256 * KIB;
 /// Redirects followed per request: registries redirect once or twice at most.
 const MAX_REDIRECTS: usize = 3;
 /// Tokens are reused at most this long, whatever the registry says: an
@@ -345,12 +346,12 @@ impl RegistryClient {
         if let Some(digest) = content_digest(get.headers()) {
             return Ok(digest);
         }
-        let body = read_capped(get, "the manifest", MANIFEST_LIMIT)
+        let hex = sha256_capped(get, "the manifest", MANIFEST_LIMIT)
             .await
             .map_err(|e| registry_error(image, chain(&e)))?;
         Ok(Digest {
             algorithm: "sha256".to_owned(),
-            hex: hex::encode(Sha256::digest(&body)),
+            hex,
         })
     }
 

@@ -57,7 +57,7 @@ impl Default for ResolverOptions {
             breaker_cooldown: Duration::from_secs(30),
             stale_digest: Duration::from_secs(3600),
             cache_entries: 10_000,
-            max_lookups: 64,
+            max_lookups: 32,
             lookup_timeout: Duration::from_secs(10),
         }
     }

@@ -47,6 +47,9 @@ pub struct Workload {
     pub template: Option<PodTemplate>,
     /// The old object's template, on UPDATE.
     pub old_template: Option<PodTemplate>,
+    /// Why the pod template of an inspected kind could not be read: such an
+    /// object is refused where a gate applies, never admitted unchecked.
+    pub unreadable: Option<String>,
     pub user: Requester,
     /// A dry run: the webhook declares `sideEffects: None`, so nothing is written.
     pub dry_run: bool,
@@ -95,22 +98,68 @@ fn strings(value: Option<&Value>) -> BTreeMap<String, String> {
 }
 
 /// Reads the pod template of `object` (a whole object: metadata + spec).
-pub fn pod_template(kind: &str, object: &Value) -> Option<PodTemplate> {
+pub fn pod_template(kind: &str, object: &Value) -> Option<Result<PodTemplate, String>> {
     let path = template_path(kind)?;
-    // For a Pod the "template" is the object itself.
+    Some(read_template(path, object))
+}
+
+/// The pod template at `path` under `spec` (the object itself for a Pod), or
+/// what makes it unreadable. The API server validates objects before a
+/// validating webhook sees them, so anything off here is forged or a shape
+/// this code does not know: either way it must not pass unchecked.
+fn read_template(path: &[&str], object: &Value) -> Result<PodTemplate, String> {
     let mut template = object;
+    let mut at = String::new();
     if !path.is_empty() {
-        template = object.get("spec")?;
+        at.push_str("spec");
+        template = object.get("spec").ok_or("spec is missing")?;
         for key in path {
-            template = template.get(key)?;
+            at.push('.');
+            at.push_str(key);
+            template = template
+                .get(key)
+                .ok_or_else(|| format!("{at} is missing"))?;
         }
+        at.push('.');
+    }
+    if !template.is_object() {
+        return Err(format!(
+            "the object{} is not a JSON object",
+            if at.is_empty() {
+                String::new()
+            } else {
+                format!(" at {}", at.trim_end_matches('.'))
+            }
+        ));
     }
     let metadata = template.get("metadata");
-    let spec = template.get("spec");
+    let spec = template
+        .get("spec")
+        .filter(|s| s.is_object())
+        .ok_or_else(|| format!("{at}spec is missing or not an object"))?;
     let mut images = Vec::new();
     for list in ["initContainers", "containers", "ephemeralContainers"] {
-        let containers = spec.and_then(|s| s.get(list)).and_then(Value::as_array);
-        for c in containers.into_iter().flatten() {
+        let containers = match spec.get(list) {
+            None | Some(Value::Null) if list != "containers" => continue,
+            Some(Value::Array(containers)) if !containers.is_empty() || list != "containers" => {
+                containers
+            }
+            _ => {
+                return Err(format!(
+                    "{at}spec.{list} is not a list of containers{}",
+                    if list == "containers" {
+                        " (a pod has at least one)"
+                    } else {
+                        ""
+                    }
+                ));
+            }
+        };
+        for (i, c) in containers.iter().enumerate() {
+            let image = c
+                .get("image")
+                .and_then(Value::as_str)
+                .ok_or_else(|| format!("{at}spec.{list}[{i}] has no image"))?;
             images.push(ContainerImage {
                 container: c
                     .get("name")
@@ -118,31 +167,25 @@ pub fn pod_template(kind: &str, object: &Value) -> Option<PodTemplate> {
                     .unwrap_or_default()
                     .to_owned(),
                 list,
-                image: c
-                    .get("image")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .to_owned(),
+                image: image.to_owned(),
             });
         }
     }
     let image_pull_secrets = spec
-        .and_then(|s| s.get("imagePullSecrets"))
+        .get("imagePullSecrets")
         .and_then(Value::as_array)
         .into_iter()
         .flatten()
         .filter_map(|s| Some(s.get("name")?.as_str()?.to_owned()))
         .collect();
     let service_account = spec
-        .and_then(|s| {
-            s.get("serviceAccountName")
-                .or_else(|| s.get("serviceAccount"))
-        })
+        .get("serviceAccountName")
+        .or_else(|| spec.get("serviceAccount"))
         .and_then(Value::as_str)
         .filter(|s| !s.is_empty())
         .unwrap_or("default")
         .to_owned();
-    Some(PodTemplate {
+    Ok(PodTemplate {
         labels: strings(metadata.and_then(|m| m.get("labels"))),
         images,
         image_pull_secrets,
@@ -197,6 +240,11 @@ fn workload(request: &AdmissionRequest<DynamicObject>) -> Workload {
     let kind = request.kind.kind.clone();
     let object = request.object.as_ref().map(as_value);
     let old = request.old_object.as_ref().map(as_value);
+    let (template, unreadable) = match object.as_ref().and_then(|o| pod_template(&kind, o)) {
+        Some(Ok(template)) => (Some(template), None),
+        Some(Err(problem)) => (None, Some(problem)),
+        None => (None, None),
+    };
     Workload {
         namespace: request.namespace.clone().unwrap_or_default(),
         name: request.name.clone(),
@@ -207,8 +255,13 @@ fn workload(request: &AdmissionRequest<DynamicObject>) -> Workload {
                 .as_ref()
                 .and_then(|o| o.pointer("/metadata/annotations")),
         ),
-        template: object.as_ref().and_then(|o| pod_template(&kind, o)),
-        old_template: old.as_ref().and_then(|o| pod_template(&kind, o)),
+        // An old object that cannot be read vouches for no image: all are checked.
+        old_template: old
+            .as_ref()
+            .and_then(|o| pod_template(&kind, o))
+            .and_then(Result::ok),
+        template,
+        unreadable,
         user: Requester {
             username: request.user_info.username.clone().unwrap_or_default(),
             groups: request.user_info.groups.clone().unwrap_or_default(),

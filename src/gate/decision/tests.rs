@@ -37,6 +37,7 @@ fn workload(operation: Operation, images: &[&str]) -> Workload {
         annotations: BTreeMap::new(),
         template: Some(template(images)),
         old_template: None,
+        unreadable: None,
         user: Requester {
             username: "alice".into(),
             groups: vec!["system:authenticated".into(), "oncall".into()],
@@ -461,4 +462,43 @@ fn required_digests_refuse_tags_before_any_lookup() {
     )]);
     assert!(warned.allowed);
     assert_eq!(warned.warnings.len(), 1);
+}
+
+#[test]
+fn an_unreadable_pod_template_is_refused_where_a_gate_applies_and_only_there() {
+    let mut w = workload(Operation::Create, &[]);
+    w.template = None;
+    w.unreadable = Some("spec.containers is not a list of containers".into());
+    let why = match plan(
+        &w,
+        vec![target(GateMode::Enforce)],
+        false,
+        &authority(),
+        now(),
+    ) {
+        Err(Skip::Unreadable { reason }) => reason,
+        other => panic!("not refused: {other:?}"),
+    };
+    assert_eq!(
+        why,
+        "the Pod cannot be read: spec.containers is not a list of containers"
+    );
+    assert!(matches!(
+        plan(&w, vec![target(GateMode::Off)], false, &authority(), now()),
+        Err(Skip::NoEnvironment)
+    ));
+    assert!(matches!(
+        plan(&w, vec![], false, &authority(), now()),
+        Err(Skip::NoEnvironment)
+    ));
+    assert!(matches!(
+        plan(
+            &w,
+            vec![target(GateMode::Enforce)],
+            true,
+            &authority(),
+            now()
+        ),
+        Err(Skip::ExemptNamespace)
+    ));
 }

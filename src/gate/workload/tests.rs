@@ -106,6 +106,76 @@ fn every_kind_finds_its_pod_template() {
 }
 
 #[test]
+fn an_inspected_kind_whose_template_cannot_be_read_says_where() {
+    let cases = [
+        (
+            "Pod",
+            "v1",
+            json!({"spec": {"containers": "nope"}}),
+            "spec.containers is not a list of containers (a pod has at least one)",
+        ),
+        (
+            "Pod",
+            "v1",
+            json!({"spec": {"containers": []}}),
+            "spec.containers is not a list of containers (a pod has at least one)",
+        ),
+        (
+            "Pod",
+            "v1",
+            json!({"metadata": {}}),
+            "spec is missing or not an object",
+        ),
+        (
+            "Pod",
+            "v1",
+            json!({"spec": {"containers": [{"name": 7, "image": ["x"]}]}}),
+            "spec.containers[0] has no image",
+        ),
+        (
+            "Pod",
+            "v1",
+            json!({"spec": {"containers": [{"image": "a:1"}], "initContainers": {"x": 1}}}),
+            "spec.initContainers is not a list of containers",
+        ),
+        (
+            "Deployment",
+            "apps/v1",
+            json!({"spec": {"replicas": 1}}),
+            "spec.template is missing",
+        ),
+        (
+            "CronJob",
+            "batch/v1",
+            json!({"spec": {"jobTemplate": {"spec": {"template": []}}}}),
+            "the object at spec.jobTemplate.spec.template is not a JSON object",
+        ),
+        (
+            "Job",
+            "batch/v1",
+            json!({"spec": {"template": {"spec": {"containers": [{"image": "a:1"}], "ephemeralContainers": [{"name": "d"}]}}}}),
+            "spec.template.spec.ephemeralContainers[0] has no image",
+        ),
+    ];
+    for (kind, group, object, problem) in cases {
+        let (_, w) = parse_review(&review(kind, group, "CREATE", object, None)).unwrap();
+        assert_eq!(w.template, None, "{kind}: {problem}");
+        assert_eq!(w.unreadable.as_deref(), Some(problem), "{kind}");
+    }
+    // Null lists are absent lists; a readable object has no problem.
+    let (_, w) = parse_review(&review(
+        "Pod",
+        "v1",
+        "CREATE",
+        json!({"spec": {"containers": [{"image": "a:1"}], "initContainers": null}}),
+        None,
+    ))
+    .unwrap();
+    assert_eq!(w.unreadable, None);
+    assert_eq!(w.template.unwrap().images.len(), 1);
+}
+
+#[test]
 fn other_kinds_are_not_inspected() {
     let (_, w) = parse_review(&review(
         "ConfigMap",
@@ -150,16 +220,21 @@ fn malformed_bodies_are_errors_not_panics() {
 }
 
 #[test]
-fn odd_shapes_inside_a_valid_review_do_not_panic() {
-    let object = json!({"spec": {"containers": "nope", "initContainers": [5, {"image": 7}], "imagePullSecrets": [{"nom": 1}]}});
+fn odd_shapes_inside_a_valid_review_do_not_panic_and_are_not_read_as_empty() {
+    // Before, entries without a name or image read as empty strings; now the
+    // first thing that cannot be read is named, and the object is refused.
+    let object = json!({"spec": {"containers": [{"image": "a:1"}], "initContainers": [5, {"image": 7}], "imagePullSecrets": [{"nom": 1}]}});
     let (_, w) = parse_review(&review("Pod", "v1", "CREATE", object, None)).unwrap();
-    let t = w.template.unwrap();
+    assert_eq!(w.template, None);
     assert_eq!(
-        t.images.len(),
-        2,
-        "entries without a name or image read as empty strings"
+        w.unreadable.as_deref(),
+        Some("spec.initContainers[0] has no image")
     );
-    assert!(t.image_pull_secrets.is_empty());
+    // Pull secrets without a name are skipped: they only ever add credentials.
+    let object =
+        json!({"spec": {"containers": [{"image": "a:1"}], "imagePullSecrets": [{"nom": 1}]}});
+    let (_, w) = parse_review(&review("Pod", "v1", "CREATE", object, None)).unwrap();
+    assert!(w.template.unwrap().image_pull_secrets.is_empty());
 }
 
 #[test]
