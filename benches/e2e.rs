@@ -1409,8 +1409,8 @@ async fn admission(env: &TestEnv, client: &Client, id: &str) -> String {
          trusting the test CA, HTTP/1.1 keep-alive, 1 request in flight for latency and 8 for \
          throughput; latency is measured at the client (TLS and HTTP on loopback included). The load \
          generator runs on the same 2 cores as the operator, the API server and etcd. Warm: after one \
-         request cached the verdict (a digest-pinned image needs no registry; for a tag, the pod's \
-         pull secrets are re-read and the registry asked again at most every 30 s). Cold: \
+         request cached the verdict (a digest-pinned image needs no registry; a tag's digest is \
+         asked of the registry again at most every 30 s; pull secrets are off, the default). Cold: \
          every review a digest the cache has never seen (by digest) or a tag never resolved (by tag: \
          distinct manifests pushed to the loopback registry under distinct tags), the fake Kosli \
          answering each assert after {} ms; the loopback registry adds no delay. Each case stops at \
