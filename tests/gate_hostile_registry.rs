@@ -335,7 +335,7 @@ async fn a_manifest_declaring_more_than_the_cap_is_refused_before_reading() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_token_answer_that_never_ends_is_cut_at_1_mib() {
+async fn a_token_answer_that_never_ends_is_cut_at_256_kib() {
     let sent = Arc::new(AtomicU64::new(0));
     let sent_ = sent.clone();
     let stub = Stub::start("127.0.0.1", move |seen: Seen| {
