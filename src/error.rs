@@ -231,6 +231,16 @@ pub enum Error {
     #[error("{what} {problem}")]
     Lookup { what: &'static str, problem: String },
 
+    /// A write to Kosli not started, or abandoned in flight, because this
+    /// process may no longer write: it lost (or could not confirm) leadership,
+    /// or it is shutting down. Nothing failed at Kosli.
+    #[error("Kosli {method} {path} {why}")]
+    WriteFenced {
+        method: &'static str,
+        path: String,
+        why: &'static str,
+    },
+
     /// One error seen by every caller that waited on the same in-flight lookup
     /// (a shared future's output must be `Clone`).
     #[error(transparent)]
@@ -390,7 +400,8 @@ impl Error {
             | Error::Serialize { .. }
             | Error::BodyTooLarge { .. }
             | Error::BodyRead { .. }
-            | Error::Lookup { .. } => false,
+            | Error::Lookup { .. }
+            | Error::WriteFenced { .. } => false,
         }
     }
 

@@ -4,6 +4,12 @@
 //! skew either way), a foreign write makes the leader step down, and a leader
 //! cut off from the apiserver steps down before a standby takes over.
 //!
+//! Then the operator itself, two processes against one Lease and the strict
+//! fake Kosli: a leader cut off from the apiserver while Kosli holds its report
+//! lands nothing after its successor's first report and starts nothing after
+//! it steps down; and SIGTERM during a slow report releases the Lease only
+//! after that report has ended.
+//!
 //! Short timings throughout: lease 3 s, renew deadline 2 s, retry 300 ms.
 
 #![allow(clippy::unwrap_used)] // tests may panic on what they do not expect
@@ -17,11 +23,18 @@ use std::time::{Duration, Instant};
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
-use kosli_operator::k8s::leader::{self, LeaseConfig};
+use kosli_operator::core::crd::KosliEnvironment;
+use kosli_operator::k8s::leader::{self, Leadership, LeaseConfig};
 use kube::api::{Api, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
-use support::testenv::{TestEnv, unique};
+use serde_json::json;
+use support::fake_kosli::{FakeKosli, Recorded};
+use support::operator::{Operator, eventually};
+use support::pod_names;
+use support::testenv::{
+    RunningContainer, TestEnv, apply_crd, create_namespace, running_pod, unique,
+};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -56,6 +69,7 @@ async fn spec(client: &Client, lease: &str) -> LeaseSpec {
 /// One elector under test.
 struct Elector {
     identity: String,
+    leadership: Leadership,
     rx: watch::Receiver<bool>,
     handle: JoinHandle<()>,
     token: CancellationToken,
@@ -65,10 +79,12 @@ impl Elector {
     fn start(client: &Client, lease: &str) -> Self {
         let identity = unique("elector");
         let token = CancellationToken::new();
-        let (rx, handle) = leader::spawn(client.clone(), config(lease, &identity), token.clone());
+        let (leadership, handle) =
+            leader::spawn(client.clone(), config(lease, &identity), token.clone());
         Self {
             identity,
-            rx,
+            rx: leadership.watch(),
+            leadership,
             handle,
             token,
         }
@@ -472,7 +488,13 @@ async fn a_partitioned_leader_steps_down_before_a_standby_takes_over() {
 
     let start = Instant::now();
     cut.cancel();
-    let limit = RENEW_DEADLINE + RETRY;
+    // The term runs out on the leader's own clock, whatever its elector does.
+    tokio::time::sleep(RENEW_DEADLINE).await;
+    assert!(
+        !a.leadership.is_leading(),
+        "the term outlived the renew deadline"
+    );
+    let limit = RETRY;
     let stepped_down = a.wait(false, limit).await;
     assert!(
         stepped_down.is_some(),
@@ -495,4 +517,286 @@ async fn a_partitioned_leader_steps_down_before_a_standby_takes_over() {
     monitor.assert_never_both().await;
     b.stop().await;
     a.token.cancel();
+}
+
+/// What makes the operator's election as fast as the electors' above.
+const OPERATOR_LEASE: [&str; 6] = [
+    "--lease-duration",
+    "3s",
+    "--lease-renew-deadline",
+    "2s",
+    "--lease-retry-period",
+    "300ms",
+];
+const NGINX: &str = "4444444444444444444444444444444444444444444444444444444444444444";
+const SECONDS: Duration = Duration::from_secs(15);
+
+/// A KosliEnvironment selecting one fresh namespace, labelled for operators
+/// started with `id`, known to the fake Kosli. Returns its name and namespace.
+async fn environment(client: &Client, fake: &FakeKosli, id: &str) -> (String, String) {
+    apply_crd(client).await;
+    let ns = unique("fence");
+    create_namespace(client, &ns, &[]).await;
+    let name = format!("{id}-fence");
+    let env: KosliEnvironment = serde_json::from_value(json!({
+        "apiVersion": "kosli.com/v1alpha1", "kind": "KosliEnvironment",
+        "metadata": {"name": name, "labels": {"test": id}},
+        "spec": {"namespaces": [ns]},
+    }))
+    .unwrap();
+    Api::<KosliEnvironment>::all(client.clone())
+        .create(&PostParams::default(), &env)
+        .await
+        .unwrap();
+    fake.add_environment(&name, "K8S");
+    (name, ns)
+}
+
+/// A copy of the test kubeconfig whose server is `server`.
+async fn kubeconfig_through(server: &str, dir: &std::path::Path) -> std::path::PathBuf {
+    let text = std::fs::read_to_string(TestEnv::get().kubeconfig).unwrap();
+    let direct = format!("https://{}", apiserver_address().await);
+    let through = text.replace(&direct, server);
+    assert_ne!(through, text, "the kubeconfig names {direct}");
+    let path = dir.join("kubeconfig");
+    std::fs::write(&path, through).unwrap();
+    path
+}
+
+async fn leads(op: &Operator) -> Option<()> {
+    (op.metric("kosli_operator_leader").await == Some(1.0)).then_some(())
+}
+
+/// A report PUT sent via `via` whose body names `pod`.
+fn is_report_of(r: &Recorded, via: &str, pod: &str) -> bool {
+    r.via.as_deref() == Some(via)
+        && r.method == "PUT"
+        && r.path.ends_with("/report/K8S")
+        && String::from_utf8_lossy(&r.body).contains(&format!("\"{pod}\""))
+}
+
+fn is_report_via(r: &Recorded, via: &str) -> bool {
+    r.via.as_deref() == Some(via) && r.method == "PUT" && r.path.ends_with("/report/K8S")
+}
+
+/// Starts a running pod named `pod` and waits until its report, sent via
+/// `via`, has reached the fake Kosli (which may be holding it). Returns when.
+async fn report_arrives(
+    client: &Client,
+    fake: &FakeKosli,
+    ns: &str,
+    via: &str,
+    pod: &str,
+) -> Instant {
+    let web = RunningContainer::pulled("web", "docker.io/library/nginx:1.27", NGINX);
+    running_pod(client, ns, pod, &[], std::slice::from_ref(&web)).await;
+    eventually(SECONDS, "the report to reach Kosli", || async {
+        fake.requests()
+            .iter()
+            .find(|r| is_report_of(r, via, pod))
+            .map(|r| r.at)
+    })
+    .await
+}
+
+/// Samples an operator's `kosli_operator_leader` every 20 ms until stopped:
+/// the first moment it read 0 (or could not be read).
+fn step_down_sampler(http: String) -> (CancellationToken, JoinHandle<Option<Instant>>) {
+    let stop = CancellationToken::new();
+    let handle = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            while !stop.is_cancelled() {
+                let sampled = Instant::now();
+                let value = support::operator::metric(&http, "kosli_operator_leader").await;
+                if value != Some(1.0) {
+                    return Some(sampled);
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            None
+        }
+    });
+    (stop, handle)
+}
+
+#[tokio::test]
+async fn a_deposed_leader_lands_no_report_after_its_successor_and_starts_none_after_stepping_down()
+{
+    let env = TestEnv::get();
+    let client = env.client().await;
+    let fake = FakeKosli::start().await;
+    let id = unique("t");
+    let (name, ns) = environment(&client, &fake, &id).await;
+    let lease = format!("lease-{id}");
+    let (server, cut) = partitionable_proxy(apiserver_address().await).await;
+    let dir = tempfile::tempdir().unwrap();
+    let a_kubeconfig = kubeconfig_through(&server, dir.path()).await;
+    let a_host = fake.url_via("a");
+    let mut a = Operator::start(
+        &a_kubeconfig,
+        &fake,
+        &id,
+        &lease,
+        &OPERATOR_LEASE,
+        &[("KOSLI_HOST", a_host.as_str())],
+    );
+    a.wait_ready().await;
+    eventually(SECONDS, "a to lead", || leads(&a)).await;
+    eventually(SECONDS, "a's first report", || async {
+        fake.landed()
+            .iter()
+            .any(|l| l.via.as_deref() == Some("a"))
+            .then_some(())
+    })
+    .await;
+    let b_host = fake.url_via("b");
+    let mut b = Operator::start(
+        &env.kubeconfig,
+        &fake,
+        &id,
+        &lease,
+        &OPERATOR_LEASE,
+        &[("KOSLI_HOST", b_host.as_str())],
+    );
+    b.wait_ready().await;
+    assert_eq!(b.metric("kosli_operator_leader").await, Some(0.0));
+
+    // Kosli holds a's next report far beyond its lease; while it does, a is
+    // cut off from the apiserver and cannot learn that it lost the Lease.
+    let hold = Duration::from_secs(12);
+    fake.hold_reports_via("a", hold);
+    let held_since = report_arrives(&client, &fake, &ns, "a", "web-1").await;
+    let (stop_sampling, sampler) = step_down_sampler(a.http.clone());
+    cut.cancel();
+    let cut_at = Instant::now();
+
+    eventually(Duration::from_secs(20), "b to report", || async {
+        fake.landed()
+            .iter()
+            .any(|l| l.via.as_deref() == Some("b"))
+            .then_some(())
+    })
+    .await;
+    eprintln!(
+        "b's first report landed {:?} after the cut",
+        cut_at.elapsed()
+    );
+    // Long enough for the held report to have landed, had a kept it going.
+    tokio::time::sleep_until((held_since + hold + Duration::from_secs(2)).into()).await;
+    stop_sampling.cancel();
+    let stepped_down = sampler
+        .await
+        .unwrap()
+        .expect("a never stepped down after the cut");
+    eprintln!("a stepped down {:?} after the cut", stepped_down - cut_at);
+
+    let landed = fake.landed();
+    let b_first = landed
+        .iter()
+        .filter(|l| l.via.as_deref() == Some("b") && l.env == name)
+        .map(|l| l.landed)
+        .min()
+        .unwrap();
+    if let Some(late) = landed
+        .iter()
+        .find(|l| l.via.as_deref() == Some("a") && l.landed >= b_first)
+    {
+        panic!(
+            "a's report (it reached Kosli {:?} before the cut) landed {:?} after b's first: two writers",
+            cut_at.saturating_duration_since(late.started),
+            late.landed - b_first
+        );
+    }
+    for request in fake.requests().iter().filter(|r| is_report_via(r, "a")) {
+        assert!(
+            request.at < stepped_down,
+            "a started a report {:?} after it stepped down",
+            request.at - stepped_down
+        );
+    }
+    let b_reports = fake.reports(&name);
+    assert_eq!(
+        pod_names(b_reports.last().unwrap()),
+        ["web-1"],
+        "the successor reports the full set"
+    );
+    assert!(
+        a.log().contains("abandoned a Kosli request in flight"),
+        "{}",
+        a.log()
+    );
+    assert!(b.terminate().await.success(), "{}", b.log());
+    a.kill();
+}
+
+#[tokio::test]
+async fn sigterm_during_a_slow_report_releases_the_lease_only_after_the_report_ends() {
+    let env = TestEnv::get();
+    let client = env.client().await;
+    let fake = FakeKosli::start().await;
+    let id = unique("t");
+    let (_name, ns) = environment(&client, &fake, &id).await;
+    let lease = format!("lease-{id}");
+    let a_host = fake.url_via("a");
+    let mut a = Operator::start(
+        &env.kubeconfig,
+        &fake,
+        &id,
+        &lease,
+        &OPERATOR_LEASE,
+        &[("KOSLI_HOST", a_host.as_str())],
+    );
+    a.wait_ready().await;
+    eventually(SECONDS, "a to lead", || leads(&a)).await;
+    eventually(SECONDS, "a's first report", || async {
+        (!fake.landed().is_empty()).then_some(())
+    })
+    .await;
+
+    fake.hold_reports_via("a", Duration::from_secs(3));
+    let held_since = report_arrives(&client, &fake, &ns, "a", "web-1").await;
+    // Samples the Lease's holder until the process has exited.
+    let stop = CancellationToken::new();
+    let sampler = tokio::spawn({
+        let (api, lease, stop) = (leases(&client), lease.clone(), stop.clone());
+        async move {
+            let mut samples = Vec::new();
+            while !stop.is_cancelled() {
+                let at = Instant::now();
+                let spec = api.get(&lease).await.unwrap().spec.unwrap();
+                samples.push((at, spec.holder_identity.filter(|h| !h.is_empty())));
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            samples
+        }
+    });
+    let terminated = Instant::now();
+    assert!(a.terminate().await.success(), "{}", a.log());
+    eprintln!("stopped {:?} after SIGTERM", terminated.elapsed());
+    stop.cancel();
+    let samples = sampler.await.unwrap();
+
+    let landed = fake
+        .landed()
+        .into_iter()
+        .find(|l| l.started == held_since)
+        .unwrap_or_else(|| panic!("the report in flight at SIGTERM never landed:\n{}", a.log()));
+    let released = samples
+        .iter()
+        .find(|(_, holder)| holder.is_none())
+        .map(|(at, _)| *at)
+        .expect("the Lease was not released");
+    assert!(
+        released > landed.landed,
+        "the Lease was seen released {:?} before the report in flight landed",
+        landed.landed - released
+    );
+    let spec = spec(&client, &lease).await;
+    assert_eq!(spec.holder_identity, None, "released on the way out");
+    let released_wall = std::time::SystemTime::from(spec.renew_time.unwrap().0);
+    assert!(
+        released_wall >= landed.landed_wall,
+        "the release was written before the report in flight landed"
+    );
 }

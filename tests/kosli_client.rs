@@ -10,10 +10,11 @@ use std::time::{Duration, Instant};
 use kosli_operator::Error;
 use kosli_operator::error::ImageError;
 use kosli_operator::kosli::{
-    ApiToken, AssertOutcome, EnsureOutcome, KosliClient, KosliConfig, RetryPolicy,
+    ApiToken, AssertOutcome, EnsureOutcome, KosliClient, KosliConfig, RetryPolicy, WriteFence,
 };
 use serde_json::json;
 use support::fake_kosli::{FakeKosli, ORG, Scripted, TOKEN};
+use tokio_util::sync::CancellationToken;
 
 const HEX: &str = "644a70516a26004c97d0d85c7fe1d0c3a67ea8ab7ddf4aff193d9f301670cf36";
 
@@ -634,4 +635,83 @@ async fn token_file_is_reread_when_it_changes() {
                 && message.contains("a Kosli API token is required")),
         "{err:?}"
     );
+}
+
+/// A fence that holds until its token is cancelled.
+struct TokenFence(CancellationToken);
+
+impl WriteFence for TokenFence {
+    fn may_start(&self) -> bool {
+        !self.0.is_cancelled()
+    }
+    async fn revoked(&self) {
+        self.0.cancelled().await
+    }
+    async fn closed(&self) {
+        self.0.cancelled().await
+    }
+}
+
+#[tokio::test]
+async fn a_revoked_fence_abandons_the_report_in_flight_and_it_never_lands() {
+    let fake = FakeKosli::start().await;
+    fake.add_environment("prod", "K8S");
+    fake.hold_reports_via("x", Duration::from_secs(2));
+    let client = KosliClient::new(&config(&fake.url_via("x"))).unwrap();
+    let fence = TokenFence(CancellationToken::new());
+    let revoke = {
+        let token = fence.0.clone();
+        async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            token.cancel();
+        }
+    };
+    let start = Instant::now();
+    let (result, ()) = tokio::join!(
+        client.report_k8s_fenced("prod", report_body(), &fence),
+        revoke
+    );
+    let took = start.elapsed();
+    assert!(
+        matches!(result, Err(Error::WriteFenced { .. })),
+        "{result:?}"
+    );
+    assert!(
+        took < Duration::from_secs(1),
+        "abandoned only after {took:?}"
+    );
+    assert_eq!(fake.requests().len(), 1, "it had reached Kosli");
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(fake.landed().is_empty(), "an abandoned report landed");
+}
+
+#[tokio::test]
+async fn a_closed_fence_ends_the_backoff_and_no_retry_starts() {
+    let fake = FakeKosli::start().await;
+    fake.add_environment("prod", "K8S");
+    fake.script([Scripted::status(503, "busy").retry_after("2")]);
+    let fence = TokenFence(CancellationToken::new());
+    let close = {
+        let token = fence.0.clone();
+        async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            token.cancel();
+        }
+    };
+    let client = client(&fake);
+    let start = Instant::now();
+    let (result, ()) = tokio::join!(
+        client.report_k8s_fenced("prod", report_body(), &fence),
+        close
+    );
+    assert_eq!(kosli_answer(&result.unwrap_err()).0, 503);
+    assert!(start.elapsed() < Duration::from_secs(1));
+    assert_eq!(fake.requests().len(), 1, "no retry after the fence closed");
+    // A fence that does not hold lets nothing start at all.
+    let err = client
+        .report_k8s_fenced("prod", report_body(), &fence)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::WriteFenced { .. }), "{err:?}");
+    assert_eq!(fake.requests().len(), 1);
 }

@@ -194,6 +194,21 @@ pub struct RunArgs {
     #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
     pub lease_namespace: String,
 
+    /// How long a standby waits, on its own clock, without seeing the Lease
+    /// renewed before it takes over.
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    pub lease_duration: Duration,
+
+    /// A leader that could not renew the Lease for this long stops reporting,
+    /// abandoning a report in flight. Must be shorter than --lease-duration: the
+    /// difference is the margin that keeps two leaders' reports from overlapping.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub lease_renew_deadline: Duration,
+
+    /// How often the leader renews the Lease and a standby looks at it.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub lease_retry_period: Duration,
+
     /// Namespace for Kubernetes Events about KosliEnvironments (cluster-scoped
     /// objects: older API servers accept their events only in kube-system).
     #[arg(long, default_value = "kube-system")]

@@ -2,7 +2,8 @@
 //!
 //! Wiring only: clients, metrics, leader election, the HTTP endpoints, the three
 //! watches. One cancellation token, fired by SIGTERM or SIGINT, stops them all;
-//! the leader releases its Lease on the way out so a standby takes over at once.
+//! the leader releases its Lease on the way out so a standby takes over at once,
+//! but only once no report of ours is in flight any more.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -16,13 +17,18 @@ use crate::environments::EnvironmentIndex;
 use crate::error::{Error, Result};
 use crate::gate::handler::{GateCluster, GateHandler};
 use crate::k8s::events::EventPublisher;
-use crate::k8s::leader::{self, LeaseConfig};
+use crate::k8s::leader::{self, Leadership, LeaseConfig};
 use crate::k8s::store::{ClusterState, SharedState};
 use crate::k8s::watches::Watches;
 use crate::kosli::KosliClient;
 use crate::observe::health::Health;
 use crate::observe::metrics::Metrics;
 use crate::reporter::{Reporter, ReporterOptions, Wiring};
+
+/// How long a report in flight at shutdown may take to end before it is
+/// abandoned. With the Lease's release (at most its renew deadline) and the
+/// other tasks' 10 s, shutdown stays within Kubernetes' default 30 s grace.
+const REPORT_GRACE: Duration = Duration::from_secs(12);
 
 pub async fn run(args: RunArgs) -> ExitCode {
     match start(args).await {
@@ -74,21 +80,28 @@ async fn start(args: RunArgs) -> Result<()> {
 
     // Keeps the always-leader channel open when election is off.
     let mut _always_leader = None;
-    let (leader, leader_task) = if args.leader_election {
+    // The Lease is released on its own token, fired only after the reporter's
+    // workers have ended: a report still in flight would overlap the next
+    // leader's.
+    let release = CancellationToken::new();
+    let (leadership, leader_task) = if args.leader_election {
         let config = LeaseConfig {
             namespace: args.lease_namespace.clone(),
             name: args.lease_name.clone(),
             identity: identity.clone(),
-            ..LeaseConfig::default()
+            lease_duration: args.lease_duration,
+            renew_deadline: args.lease_renew_deadline,
+            retry_period: args.lease_retry_period,
         };
-        let (rx, task) = leader::spawn(client.clone(), config, shutdown.clone());
-        (rx, Some(task))
+        config.validate()?;
+        let (leadership, task) = leader::spawn(client.clone(), config, release.clone());
+        (leadership, Some(task))
     } else {
-        let (tx, rx) = watch::channel(true);
+        let (leadership, tx) = Leadership::unbounded();
         _always_leader = Some(tx);
-        (rx, None)
+        (leadership, None)
     };
-    mirror_leadership(leader.clone(), metrics.clone());
+    mirror_leadership(leadership.watch(), metrics.clone());
 
     let watch_namespaces =
         (!args.watch_namespaces.is_empty()).then(|| args.watch_namespaces.clone());
@@ -115,7 +128,7 @@ async fn start(args: RunArgs) -> Result<()> {
             state: state.clone(),
             environments: environments.clone(),
             metrics: metrics.clone(),
-            leader,
+            leadership,
             events: events.clone(),
             shutdown: shutdown.clone(),
         },
@@ -153,7 +166,7 @@ async fn start(args: RunArgs) -> Result<()> {
         metrics: metrics.clone(),
         shutdown: shutdown.clone(),
         environment_selector: args.environment_selector.clone(),
-        listener: reporter,
+        listener: reporter.clone(),
     });
     let mut tasks = vec![
         tokio::spawn(crate::k8s::watches::watch_environments(watches.clone())),
@@ -168,6 +181,10 @@ async fn start(args: RunArgs) -> Result<()> {
     tracing::info!("kosli-operator started");
 
     shutdown.cancelled().await;
+    // First every report ends (or is abandoned), and only then is the Lease
+    // released: until then it is renewed, so no one else may report yet.
+    reporter.stop_workers(REPORT_GRACE).await;
+    release.cancel();
     let stopping = async {
         if let Some(task) = leader_task {
             let _ = task.await;

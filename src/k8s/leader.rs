@@ -17,8 +17,36 @@
 //! successful renewal, and a standby measures `lease_duration` from *after* it
 //! saw that renewal; with `renew_deadline < lease_duration` the leader has
 //! stepped down (published `false`) before any standby may take over.
+//!
+//! ## One writer at a time
+//!
+//! A flag that says "leading" is not enough: the process that reads it may be
+//! cut off from the apiserver, its elector stuck, or a write of its already
+//! on the wire. So what consumers get, a [`Leadership`], carries the term's
+//! *validity*: `sent + renew_deadline`, where `sent` is when (on this
+//! process's monotonic clock) the last successful write of the Lease was
+//! sent. Writes to Kosli are fenced by it (`kosli::WriteFence`): asked right
+//! before every attempt and every retry, and an attempt in flight is dropped
+//! the moment the validity ends or a step-down is published, whether or not
+//! the elector has noticed anything.
+//!
+//! The timing argument. Let `sent` be the send time of the last renewal that
+//! succeeded. The apiserver applied it after `sent`; any standby must read
+//! that version before it can write over it (resourceVersion precondition),
+//! and then waits `lease_duration` on its own clock after reading it. So no
+//! other process holds the Lease before `sent + lease_duration`, and its first
+//! report comes later still. Every write of ours has ended (sent, or abandoned
+//! and its connection closed) by `sent + renew_deadline`. Between the two lie
+//! `lease_duration - renew_deadline` (5 s with the defaults 15 s / 10 s; the
+//! renewal every `retry_period`, 2 s, keeps the validity 8 to 10 s ahead while
+//! all is well): the slack for Kosli to finish a request it had already
+//! received when we gave up, and for the two monotonic clocks' rates to
+//! differ. What it cannot cover: Kosli taking longer than that to commit a
+//! request whose client has gone, or this process being frozen (SIGSTOP, a
+//! paused VM) between the check and the bytes leaving it.
 
 use std::future::Future;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use jiff::Timestamp;
@@ -287,13 +315,125 @@ async fn call<T>(
     }
 }
 
+/// Until when this process may act as leader, on its own monotonic clock.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Validity {
+    NotLeading,
+    /// Leading while the monotonic clock reads before this.
+    Until(Instant),
+    /// Leader election is off: this process is the only one.
+    Unbounded,
+}
+
+impl Validity {
+    /// The term a successful Lease write sent at `sent` gives: it ends when
+    /// the leader would step down had no renewal succeeded since.
+    pub fn after_write(sent: Instant, renew_deadline: Duration) -> Self {
+        Validity::Until(sent + renew_deadline)
+    }
+
+    /// Whether a process may act as leader at `now`.
+    pub fn holds_at(self, now: Instant) -> bool {
+        match self {
+            Validity::NotLeading => false,
+            Validity::Until(end) => now < end,
+            Validity::Unbounded => true,
+        }
+    }
+}
+
+/// This process's leadership, as the work it gates sees it: a flag that
+/// changes on acquisition and step-down (to wake consumers), and the current
+/// term's validity (to check right before acting, without waiting for a
+/// wake-up that a stuck elector may never send). See the module's "one writer
+/// at a time".
+#[derive(Clone, Debug)]
+pub struct Leadership {
+    flag: watch::Receiver<bool>,
+    validity: Arc<Mutex<Validity>>,
+}
+
+impl Leadership {
+    /// Leadership with election off: always leading. The sender keeps the
+    /// flag's channel open; hold it as long as the leadership is used.
+    pub fn unbounded() -> (Self, watch::Sender<bool>) {
+        let (tx, flag) = watch::channel(true);
+        let validity = Arc::new(Mutex::new(Validity::Unbounded));
+        (Self { flag, validity }, tx)
+    }
+
+    /// Changes when leadership is gained or given up (not on every renewal).
+    pub fn watch(&self) -> watch::Receiver<bool> {
+        self.flag.clone()
+    }
+
+    pub fn validity(&self) -> Validity {
+        *self.validity.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether this process may act as leader right now: the flag says so and
+    /// the term has not run out on this process's monotonic clock.
+    pub fn is_leading(&self) -> bool {
+        *self.flag.borrow() && self.validity().holds_at(Instant::now())
+    }
+
+    /// Resolves once this process may no longer act as leader: at once if it
+    /// may not now, else at the step-down or when the term runs out
+    /// (whichever is first; a renewal meanwhile extends the term).
+    pub async fn lost(&self) {
+        let mut flag = self.flag.clone();
+        loop {
+            if !*flag.borrow_and_update() {
+                return;
+            }
+            let end = match self.validity() {
+                Validity::NotLeading => return,
+                Validity::Until(end) if Instant::now() >= end => return,
+                Validity::Until(end) => Some(end),
+                Validity::Unbounded => None,
+            };
+            let expiry = async {
+                match end {
+                    Some(end) => tokio::time::sleep_until(end).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                changed = flag.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                }
+                () = expiry => {}
+            }
+        }
+    }
+}
+
 /// Publishes leadership. Publishes `false` when dropped, so an elector task that
 /// panics or is aborted never leaves its consumers believing they lead.
-struct Publisher(watch::Sender<bool>);
+struct Publisher {
+    flag: watch::Sender<bool>,
+    validity: Arc<Mutex<Validity>>,
+}
 
 impl Publisher {
-    fn set(&self, leading: bool) {
-        self.0.send_if_modified(|current| {
+    fn new() -> (Self, Leadership) {
+        let (flag, rx) = watch::channel(false);
+        let validity = Arc::new(Mutex::new(Validity::NotLeading));
+        let leadership = Leadership {
+            flag: rx,
+            validity: validity.clone(),
+        };
+        (Self { flag, validity }, leadership)
+    }
+
+    /// The validity is written before the flag changes, so a consumer woken by
+    /// the flag reads the validity that goes with it.
+    fn set(&self, validity: Validity) {
+        *self.validity.lock().unwrap_or_else(|p| p.into_inner()) = validity;
+        let leading = validity != Validity::NotLeading;
+        self.flag.send_if_modified(|current| {
             let changed = *current != leading;
             *current = leading;
             changed
@@ -303,34 +443,36 @@ impl Publisher {
 
 impl Drop for Publisher {
     fn drop(&mut self) {
-        self.set(false);
+        self.set(Validity::NotLeading);
     }
 }
 
-/// Runs the election until `shutdown` is cancelled and publishes on the returned
-/// receiver whether this process leads (it starts `false`). Gate only the work
-/// that must happen once (sends to Kosli, status writes) on it, so standbys keep
-/// warm caches. On shutdown a leader first publishes `false`, then releases the
-/// Lease (holder cleared, `leaseDurationSeconds` 1, resourceVersion precondition)
-/// so a standby takes over at once; the task then ends. If the task dies
-/// otherwise (abort, panic) the receiver reads `false` and the Lease simply
-/// expires. A configuration failing [`LeaseConfig::validate`] is logged and the
-/// task ends at once without ever leading.
+/// Runs the election until `release` is cancelled and publishes in the returned
+/// [`Leadership`] whether this process leads (it starts not leading). Gate only
+/// the work that must happen once (sends to Kosli, status writes) on it, so
+/// standbys keep warm caches. On `release` a leader first publishes that it no
+/// longer leads, then releases the Lease (holder cleared, `leaseDurationSeconds`
+/// 1, resourceVersion precondition) so a standby takes over at once; the task
+/// then ends. Cancel `release` only once the work gated on the leadership has
+/// stopped: a write still in flight would overlap the successor's. If the task
+/// dies otherwise (abort, panic) the leadership reads not leading and the Lease
+/// simply expires. A configuration failing [`LeaseConfig::validate`] is logged
+/// and the task ends at once without ever leading.
 pub fn spawn(
     client: kube::Client,
     config: LeaseConfig,
-    shutdown: CancellationToken,
-) -> (watch::Receiver<bool>, JoinHandle<()>) {
-    let (tx, rx) = watch::channel(false);
+    release: CancellationToken,
+) -> (Leadership, JoinHandle<()>) {
+    let (publisher, leadership) = Publisher::new();
     let span = tracing::info_span!(
         "leader_election",
         lease = %config.name,
         namespace = %config.namespace,
         identity = %config.identity,
     );
-    let elector = Elector::new(client, config, Publisher(tx));
-    let handle = tokio::spawn(elector.run(shutdown).instrument(span));
-    (rx, handle)
+    let elector = Elector::new(client, config, publisher);
+    let handle = tokio::spawn(elector.run(release).instrument(span));
+    (leadership, handle)
 }
 
 /// The state of one process's election.
@@ -533,15 +675,17 @@ impl Elector {
     fn renewed(&mut self, lease: Lease, sent: Instant) {
         self.observation.observe(Some(&lease), Instant::now());
         self.lease = Some(lease);
+        // Every success extends the term, not only the first.
+        self.publisher
+            .set(Validity::after_write(sent, self.config.renew_deadline));
         if self.renewed_at.replace(sent).is_none() {
             info!("became leader");
-            self.publisher.set(true);
         }
     }
 
     fn step_down(&mut self, reason: &str) {
         if self.renewed_at.take().is_some() {
-            self.publisher.set(false);
+            self.publisher.set(Validity::NotLeading);
             info!(reason, "lost leadership");
         }
     }
@@ -550,7 +694,7 @@ impl Elector {
     /// take over), then releases the Lease if we held it.
     async fn shut_down(mut self) {
         let was_leading = self.renewed_at.take().is_some();
-        self.publisher.set(false);
+        self.publisher.set(Validity::NotLeading);
         if !was_leading {
             return;
         }
@@ -827,11 +971,100 @@ mod tests {
 
     #[test]
     fn a_dropped_publisher_reads_false() {
-        let (tx, rx) = watch::channel(false);
-        let publisher = Publisher(tx);
-        publisher.set(true);
+        let (publisher, leadership) = Publisher::new();
+        let rx = leadership.watch();
+        publisher.set(Validity::after_write(Instant::now(), LEASE));
         assert!(*rx.borrow());
+        assert!(leadership.is_leading());
         drop(publisher);
         assert!(!*rx.borrow());
+        assert!(!leadership.is_leading());
+        assert_eq!(leadership.validity(), Validity::NotLeading);
+    }
+
+    #[test]
+    fn a_term_ends_renew_deadline_after_its_last_write_was_sent() {
+        let sent = Instant::now();
+        let deadline = Duration::from_secs(10);
+        let term = Validity::after_write(sent, deadline);
+        assert!(term.holds_at(sent));
+        assert!(term.holds_at(sent + deadline - Duration::from_millis(1)));
+        assert!(
+            !term.holds_at(sent + deadline),
+            "over at the renew deadline"
+        );
+        assert!(!Validity::NotLeading.holds_at(sent));
+        assert!(Validity::Unbounded.holds_at(sent + deadline * 1000));
+    }
+
+    #[test]
+    fn every_term_ends_before_a_standby_may_take_over() {
+        // A standby reads our last write no earlier than we sent it, and takes
+        // over no earlier than `lease_duration` after that read (`decide`).
+        let config = LeaseConfig::default();
+        let sent = Instant::now();
+        let term = Validity::after_write(sent, config.renew_deadline);
+        let mut takeover = None;
+        for read_after_ms in [0_u64, 1, 500, 2000] {
+            let seen = sent + Duration::from_millis(read_after_ms);
+            let record = spec(Some("the-old-leader"));
+            for step_ms in (0..30_000).step_by(50) {
+                let now = seen + Duration::from_millis(step_ms);
+                if decide(Some(&record), seen, now, "standby", config.lease_duration)
+                    == Decision::Acquire
+                {
+                    assert!(!term.holds_at(now), "two writers at {step_ms} ms");
+                    let margin = now - (sent + config.renew_deadline);
+                    assert!(margin >= Duration::from_secs(5), "{margin:?}");
+                    takeover.get_or_insert(now);
+                    break;
+                }
+            }
+        }
+        assert!(takeover.is_some(), "the standby never took over");
+    }
+
+    #[tokio::test]
+    async fn lost_resolves_when_the_term_runs_out_unless_renewed() {
+        let (publisher, leadership) = Publisher::new();
+        let short = Duration::from_millis(100);
+        publisher.set(Validity::after_write(Instant::now(), short));
+        // A renewal halfway extends the term; nothing else is published.
+        let renewer = async {
+            tokio::time::sleep(short / 2).await;
+            publisher.set(Validity::after_write(Instant::now(), short));
+        };
+        let start = Instant::now();
+        tokio::join!(leadership.lost(), renewer);
+        let lasted = start.elapsed();
+        assert!(
+            lasted >= short * 3 / 2 - Duration::from_millis(5),
+            "{lasted:?}"
+        );
+        assert!(*leadership.watch().borrow(), "the flag never went down");
+        assert!(!leadership.is_leading(), "yet the term is over");
+    }
+
+    #[tokio::test]
+    async fn lost_resolves_at_a_step_down_and_at_once_when_not_leading() {
+        let (publisher, leadership) = Publisher::new();
+        leadership.lost().await;
+        publisher.set(Validity::after_write(
+            Instant::now(),
+            Duration::from_secs(60),
+        ));
+        let stepping_down = async {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            publisher.set(Validity::NotLeading);
+        };
+        let waited = tokio::time::timeout(Duration::from_secs(5), async {
+            tokio::join!(leadership.lost(), stepping_down)
+        })
+        .await;
+        assert!(waited.is_ok(), "a step-down did not end the term");
+        let (unbounded, _keep) = Leadership::unbounded();
+        assert!(unbounded.is_leading());
+        let pending = tokio::time::timeout(Duration::from_millis(20), unbounded.lost()).await;
+        assert!(pending.is_err(), "unbounded leadership is never lost");
     }
 }

@@ -3,6 +3,7 @@
 //! token never leaves the Authorization header.
 
 use std::fmt;
+use std::future::Future;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -51,6 +52,46 @@ pub trait RequestObserver: Send + Sync {
     fn attempt(&self, operation: &'static str, status: Option<u16>, elapsed: Duration);
     /// An attempt is about to be retried after `status` (`None`: transport error).
     fn retry(&self, operation: &'static str, status: Option<u16>);
+}
+
+/// Whether this process may still write to Kosli. A write checks
+/// [`may_start`](WriteFence::may_start) right before each attempt and each
+/// retry, abandons an attempt in flight once [`revoked`](WriteFence::revoked)
+/// resolves, and ends a backoff once [`closed`](WriteFence::closed) does. The
+/// reporter's fence is its leadership (and its shutdown): see `k8s::leader`
+/// for why abandoning at the end of the lease's validity keeps a deposed
+/// leader's writes from landing after its successor's.
+pub trait WriteFence: Sync {
+    /// Whether a new attempt may start now.
+    fn may_start(&self) -> bool;
+    /// Resolves once an attempt in flight must be abandoned (at once if it
+    /// must be now).
+    fn revoked(&self) -> impl Future<Output = ()> + Send;
+    /// Resolves once no new attempt may start: revoked, or shutting down.
+    fn closed(&self) -> impl Future<Output = ()> + Send;
+}
+
+/// No fence: one-shot commands (`snapshot`) and reads.
+pub struct Unfenced;
+
+impl WriteFence for Unfenced {
+    fn may_start(&self) -> bool {
+        true
+    }
+    fn revoked(&self) -> impl Future<Output = ()> + Send {
+        std::future::pending()
+    }
+    fn closed(&self) -> impl Future<Output = ()> + Send {
+        std::future::pending()
+    }
+}
+
+/// What one attempt came to.
+enum Attempt {
+    /// A final answer: success, or an error not worth retrying.
+    Done(Result<bytes::Bytes>),
+    /// A failure that may be retried, with the wait Kosli asked for.
+    Failed(Error, Option<Duration>),
 }
 
 /// Everything needed to talk to Kosli.
@@ -321,8 +362,18 @@ impl KosliClient {
 
     /// `PUT /api/v2/environments/{org}/{env}/report/K8S` with a prepared body.
     pub async fn report_k8s(&self, env: &str, body: Vec<u8>) -> Result<()> {
+        self.report_k8s_fenced(env, body, &Unfenced).await
+    }
+
+    /// As [`report_k8s`](Self::report_k8s), every attempt and retry behind `fence`.
+    pub async fn report_k8s_fenced(
+        &self,
+        env: &str,
+        body: Vec<u8>,
+        fence: &impl WriteFence,
+    ) -> Result<()> {
         let path = ["environments", &self.org, env, "report", "K8S"];
-        self.send("report", Method::PUT, &path, &[], Some(body))
+        self.send_fenced("report", Method::PUT, &path, &[], Some(body), fence)
             .await
             .map(drop)
     }
@@ -344,6 +395,17 @@ impl KosliClient {
     /// (the PUT is an upsert that would overwrite an existing one's settings).
     /// An environment of another type, `logical` included, is an error.
     pub async fn ensure_environment(&self, env: &str, description: &str) -> Result<EnsureOutcome> {
+        self.ensure_environment_fenced(env, description, &Unfenced)
+            .await
+    }
+
+    /// As [`ensure_environment`](Self::ensure_environment), the creating PUT behind `fence`.
+    pub async fn ensure_environment_fenced(
+        &self,
+        env: &str,
+        description: &str,
+        fence: &impl WriteFence,
+    ) -> Result<EnsureOutcome> {
         if let Some(existing) = self.get_environment(env).await? {
             if existing.kind != "K8S" {
                 return Err(Error::EnvironmentType {
@@ -362,12 +424,13 @@ impl KosliClient {
             what: "the environment",
             source,
         })?;
-        self.send(
+        self.send_fenced(
             "create_environment",
             Method::PUT,
             &["environments", &self.org],
             &[],
             Some(body),
+            fence,
         )
         .await?;
         tracing::info!(environment = env, "created Kosli environment of type K8S");
@@ -418,79 +481,57 @@ impl KosliClient {
         query: &[(&str, &str)],
         body: Option<Vec<u8>>,
     ) -> Result<bytes::Bytes> {
+        self.send_fenced(operation, method, path, query, body, &Unfenced)
+            .await
+    }
+
+    /// One logical request behind `fence`: it is asked right before every
+    /// attempt and every retry, an attempt in flight is dropped (its connection
+    /// closed) the moment the fence is revoked, and a backoff ends when it closes.
+    async fn send_fenced(
+        &self,
+        operation: &'static str,
+        method: Method,
+        path: &[&str],
+        query: &[(&str, &str)],
+        body: Option<Vec<u8>>,
+        fence: &impl WriteFence,
+    ) -> Result<bytes::Bytes> {
         let url = self.url(path, query);
         let method_name = method_name(&method);
         let display_path = format!("/api/v2/{}", path.join("/"));
+        let fenced = |why| Error::WriteFenced {
+            method: method_name,
+            path: display_path.clone(),
+            why,
+        };
         let mut retry = 0;
         loop {
-            let mut request = self
-                .http
-                .request(method.clone(), url.clone())
-                .header(header::AUTHORIZATION, self.token.header()?)
-                .header(header::ACCEPT, "application/json");
-            if let Some(body) = &body {
-                request = request
-                    .header(header::CONTENT_TYPE, "application/json")
-                    .body(body.clone());
+            if !fence.may_start() {
+                return Err(fenced("not sent: this process may no longer write"));
             }
             let started = Instant::now();
-            let (error, retry_after) = match request.send().await {
-                Ok(response) => {
-                    let status = response.status();
-                    let retry_after = response
-                        .headers()
-                        .get(header::RETRY_AFTER)
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(|v| retry::parse_retry_after(v, jiff::Timestamp::now()));
-                    let success = status == StatusCode::OK || status == StatusCode::CREATED;
-                    match read_capped(response, "Kosli's answer", ANSWER_LIMIT).await {
-                        Ok(bytes) if success => {
-                            self.observe(operation, Some(status.as_u16()), started);
-                            tracing::debug!(method = method_name, path = %display_path, status = status.as_u16(),
-                                elapsed_ms = started.elapsed().as_millis() as u64, "Kosli answered");
-                            return Ok(bytes);
-                        }
-                        Ok(bytes) => {
-                            let retry_after = retry_after.filter(|_| {
-                                status == StatusCode::TOO_MANY_REQUESTS
-                                    || status == StatusCode::SERVICE_UNAVAILABLE
-                            });
-                            let error = Error::KosliStatus {
-                                method: method_name,
-                                path: display_path.clone(),
-                                status: status.as_u16(),
-                                message: error_message(status, &bytes),
-                                retry_after,
-                            };
-                            (error, retry_after)
-                        }
-                        // An answer this large is no answer: retrying would read it again.
-                        Err(e @ Error::BodyTooLarge { .. }) if success => {
-                            self.observe(operation, Some(status.as_u16()), started);
-                            return Err(Error::KosliDecode {
-                                method: method_name,
-                                path: display_path,
-                                message: e.to_string(),
-                            });
-                        }
-                        // An error page this large still tells its status.
-                        Err(e @ Error::BodyTooLarge { .. }) => (
-                            Error::KosliStatus {
-                                method: method_name,
-                                path: display_path.clone(),
-                                status: status.as_u16(),
-                                message: e.to_string(),
-                                retry_after: None,
-                            },
-                            None,
-                        ),
-                        Err(Error::BodyRead { source, .. }) => {
-                            (transport_error(method_name, &display_path, &source), None)
-                        }
-                        Err(e) => return Err(e),
-                    }
+            let attempt = self.attempt(
+                &method,
+                &url,
+                body.as_ref(),
+                operation,
+                method_name,
+                &display_path,
+                started,
+            );
+            let (error, retry_after) = tokio::select! {
+                biased;
+                () = fence.revoked() => {
+                    tracing::warn!(method = method_name, path = %display_path,
+                        elapsed_ms = started.elapsed().as_millis() as u64,
+                        "abandoned a Kosli request in flight: this process may no longer write");
+                    return Err(fenced("abandoned in flight: this process may no longer write"));
                 }
-                Err(e) => (transport_error(method_name, &display_path, &e), None),
+                outcome = attempt => match outcome? {
+                    Attempt::Done(result) => return result,
+                    Attempt::Failed(error, retry_after) => (error, retry_after),
+                },
             };
             self.observe(operation, error.kosli_status(), started);
             if !error.is_transient() || retry >= self.retry.max_retries {
@@ -510,8 +551,100 @@ impl KosliClient {
             tracing::warn!(method = method_name, path = %display_path, error = %error,
                 retry, of = self.retry.max_retries, delay_ms = delay.as_millis() as u64,
                 "Kosli request failed, retrying");
-            tokio::time::sleep(delay).await;
+            tokio::select! {
+                biased;
+                () = fence.closed() => return Err(error),
+                () = tokio::time::sleep(delay) => {}
+            }
         }
+    }
+
+    /// One attempt: the request, its answer read within the cap.
+    #[allow(clippy::too_many_arguments)]
+    async fn attempt(
+        &self,
+        method: &Method,
+        url: &Url,
+        body: Option<&Vec<u8>>,
+        operation: &'static str,
+        method_name: &'static str,
+        display_path: &str,
+        started: Instant,
+    ) -> Result<Attempt> {
+        let mut request = self
+            .http
+            .request(method.clone(), url.clone())
+            .header(header::AUTHORIZATION, self.token.header()?)
+            .header(header::ACCEPT, "application/json");
+        if let Some(body) = body {
+            request = request
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(body.clone());
+        }
+        let response = match request.send().await {
+            Ok(response) => response,
+            Err(e) => {
+                return Ok(Attempt::Failed(
+                    transport_error(method_name, display_path, &e),
+                    None,
+                ));
+            }
+        };
+        let status = response.status();
+        let retry_after = response
+            .headers()
+            .get(header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| retry::parse_retry_after(v, jiff::Timestamp::now()));
+        let success = status == StatusCode::OK || status == StatusCode::CREATED;
+        Ok(
+            match read_capped(response, "Kosli's answer", ANSWER_LIMIT).await {
+                Ok(bytes) if success => {
+                    self.observe(operation, Some(status.as_u16()), started);
+                    tracing::debug!(method = method_name, path = %display_path, status = status.as_u16(),
+                        elapsed_ms = started.elapsed().as_millis() as u64, "Kosli answered");
+                    Attempt::Done(Ok(bytes))
+                }
+                Ok(bytes) => {
+                    let retry_after = retry_after.filter(|_| {
+                        status == StatusCode::TOO_MANY_REQUESTS
+                            || status == StatusCode::SERVICE_UNAVAILABLE
+                    });
+                    let error = Error::KosliStatus {
+                        method: method_name,
+                        path: display_path.to_owned(),
+                        status: status.as_u16(),
+                        message: error_message(status, &bytes),
+                        retry_after,
+                    };
+                    Attempt::Failed(error, retry_after)
+                }
+                // An answer this large is no answer: retrying would read it again.
+                Err(e @ Error::BodyTooLarge { .. }) if success => {
+                    self.observe(operation, Some(status.as_u16()), started);
+                    Attempt::Done(Err(Error::KosliDecode {
+                        method: method_name,
+                        path: display_path.to_owned(),
+                        message: e.to_string(),
+                    }))
+                }
+                // An error page this large still tells its status.
+                Err(e @ Error::BodyTooLarge { .. }) => Attempt::Failed(
+                    Error::KosliStatus {
+                        method: method_name,
+                        path: display_path.to_owned(),
+                        status: status.as_u16(),
+                        message: e.to_string(),
+                        retry_after: None,
+                    },
+                    None,
+                ),
+                Err(Error::BodyRead { source, .. }) => {
+                    Attempt::Failed(transport_error(method_name, display_path, &source), None)
+                }
+                Err(e) => Attempt::Done(Err(e)),
+            },
+        )
     }
 }
 

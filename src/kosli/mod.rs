@@ -4,6 +4,9 @@ mod client;
 pub mod retry;
 mod types;
 
-pub use client::{ApiToken, EnsureOutcome, KosliClient, KosliConfig, RequestObserver, USER_AGENT};
+pub use client::{
+    ApiToken, EnsureOutcome, KosliClient, KosliConfig, RequestObserver, USER_AGENT, Unfenced,
+    WriteFence,
+};
 pub use retry::RetryPolicy;
 pub use types::{AssertOutcome, AssertResponse, Environment, FlowStatus, PolicyEvaluation};

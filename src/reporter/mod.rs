@@ -20,12 +20,14 @@ use std::time::Duration;
 
 use kube::{Client, ResourceExt};
 use tokio::sync::{Notify, watch};
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::core::crd::KosliEnvironment;
 use crate::core::pod::PodRecord;
 use crate::environments::{Applied, EnvironmentIndex, IndexedEnvironment};
 use crate::k8s::events::EventPublisher;
+use crate::k8s::leader::Leadership;
 use crate::k8s::store::{Change, SharedState};
 use crate::k8s::watches::WatchListener;
 use crate::kosli::{KosliClient, RetryPolicy};
@@ -91,7 +93,7 @@ pub struct Wiring {
     pub state: Arc<SharedState>,
     pub environments: Arc<EnvironmentIndex>,
     pub metrics: Arc<Metrics>,
-    pub leader: watch::Receiver<bool>,
+    pub leadership: Leadership,
     pub events: EventPublisher,
     pub shutdown: CancellationToken,
 }
@@ -107,9 +109,12 @@ struct WorkerHandle {
 pub struct Reporter {
     shared: Arc<Shared>,
     environments: Arc<EnvironmentIndex>,
-    leader: watch::Receiver<bool>,
+    leadership: Leadership,
     shutdown: CancellationToken,
     workers: Mutex<BTreeMap<String, WorkerHandle>>,
+    /// Every worker task, those of deleted environments included, so that
+    /// shutdown can wait for their sends before the Lease is released.
+    tasks: Mutex<JoinSet<()>>,
 }
 
 impl Reporter {
@@ -124,9 +129,33 @@ impl Reporter {
                 options,
             }),
             environments: wiring.environments,
-            leader: wiring.leader,
+            leadership: wiring.leadership,
             shutdown: wiring.shutdown,
             workers: Mutex::new(BTreeMap::new()),
+            tasks: Mutex::new(JoinSet::new()),
+        }
+    }
+
+    fn tasks(&self) -> std::sync::MutexGuard<'_, JoinSet<()>> {
+        self.tasks.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// After the shutdown token fired: waits for every worker to end (a send
+    /// in flight ends, no new one starts), for at most `grace`, then aborts
+    /// the rest and waits for them to be dropped, their connections closed.
+    /// Returns only when no worker can write any more: the Lease may then be
+    /// released.
+    pub async fn stop_workers(&self, grace: Duration) {
+        let mut tasks = std::mem::take(&mut *self.tasks());
+        let drained =
+            tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
+        if drained.is_err() {
+            tracing::warn!(
+                grace_ms = grace.as_millis() as u64,
+                "reports still in flight at the end of the shutdown grace: abandoned"
+            );
+            tasks.abort_all();
+            while tasks.join_next().await.is_some() {}
         }
     }
 
@@ -219,10 +248,19 @@ impl WatchListener for Reporter {
                     name.clone(),
                     spec_rx,
                     notify.clone(),
-                    self.leader.clone(),
+                    self.leadership.clone(),
                     cancel.clone(),
                 );
-                tokio::spawn(worker.run());
+                {
+                    // Checked under the lock `stop_workers` takes: a worker
+                    // is either in the set it waits for, or never started.
+                    let mut tasks = self.tasks();
+                    if self.shutdown.is_cancelled() {
+                        return;
+                    }
+                    while tasks.try_join_next().is_some() {}
+                    tasks.spawn(worker.run());
+                }
                 notify.notify_one();
                 self.workers().insert(
                     name,

@@ -11,6 +11,10 @@ use serde_json::json;
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
+use crate::error::Error;
+use crate::k8s::leader::Leadership;
+use crate::kosli::WriteFence;
+
 use super::machine::{Compliance, Effect, Failure, Input, Machine, Moment, Spec, Summary, Timing};
 use super::status::Outcome;
 use super::{FIELD_MANAGER, Shared};
@@ -22,13 +26,47 @@ use crate::k8s::events::EventType;
 /// How long to sleep when the machine waits only for inputs.
 const IDLE: std::time::Duration = std::time::Duration::from_secs(3600);
 
+/// How often to look again when the flag says leading but the term had run out
+/// (a renewal that landed just late extends it without raising the flag anew).
+const RECHECK: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// What a send to Kosli is fenced by: this process's leadership, checked on its
+/// own monotonic clock before every attempt and retry and ending an attempt in
+/// flight the moment it is lost; and the worker's shutdown, which stops retries
+/// but lets the attempt in flight end (the Lease is released only after).
+struct ReportFence<'a> {
+    leadership: &'a Leadership,
+    cancel: &'a CancellationToken,
+}
+
+impl WriteFence for ReportFence<'_> {
+    fn may_start(&self) -> bool {
+        !self.cancel.is_cancelled() && self.leadership.is_leading()
+    }
+
+    fn revoked(&self) -> impl std::future::Future<Output = ()> + Send {
+        self.leadership.lost()
+    }
+
+    async fn closed(&self) {
+        tokio::select! {
+            () = self.leadership.lost() => {}
+            () = self.cancel.cancelled() => {}
+        }
+    }
+}
+
 pub(super) struct Worker {
     shared: Arc<Shared>,
     /// The KosliEnvironment object's name.
     name: String,
     spec: watch::Receiver<Arc<IndexedEnvironment>>,
     notify: Arc<Notify>,
+    leadership: Leadership,
+    /// Wakes the worker when leadership is gained or given up.
     leader: watch::Receiver<bool>,
+    /// What the machine was last told about leadership.
+    believed_leading: bool,
     cancel: CancellationToken,
     machine: Machine,
     /// The body of the snapshot last built, until it is sent.
@@ -51,7 +89,7 @@ impl Worker {
         name: String,
         spec: watch::Receiver<Arc<IndexedEnvironment>>,
         notify: Arc<Notify>,
-        mut leader: watch::Receiver<bool>,
+        leadership: Leadership,
         cancel: CancellationToken,
     ) -> Self {
         let options = &shared.options;
@@ -62,14 +100,18 @@ impl Worker {
             permanent_hold: options.permanent_hold,
             dry_run: shared.kosli.is_none(),
         };
-        let leading = *leader.borrow_and_update();
+        let mut leader = leadership.watch();
+        leader.borrow_and_update();
+        let leading = leadership.is_leading();
         let machine = Machine::new(timing, machine_spec(&spec.borrow()), leading);
         Self {
             shared,
             name,
             spec,
             notify,
+            leadership,
             leader,
+            believed_leading: leading,
             cancel,
             machine,
             body: None,
@@ -82,31 +124,50 @@ impl Worker {
 
     pub(super) async fn run(mut self) {
         loop {
-            let wake_at = self
+            let mut wake_at = self
                 .machine
                 .next_wake()
                 .unwrap_or_else(|| std::time::Instant::now() + IDLE);
+            if !self.believed_leading && *self.leader.borrow() {
+                wake_at = wake_at.min(std::time::Instant::now() + RECHECK);
+            }
             let input = tokio::select! {
+                biased;
                 () = self.cancel.cancelled() => return,
-                () = self.notify.notified() => Input::Changed,
-                changed = self.spec.changed() => {
-                    if changed.is_err() {
-                        return;
-                    }
-                    Input::Spec(machine_spec(&self.spec.borrow_and_update()))
-                }
                 changed = self.leader.changed() => {
                     if changed.is_err() {
                         return;
                     }
-                    Input::Leadership(*self.leader.borrow_and_update())
+                    self.leader.borrow_and_update();
+                    None
                 }
-                () = tokio::time::sleep_until(wake_at.into()) => Input::Tick,
+                changed = self.spec.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    Some(Input::Spec(machine_spec(&self.spec.borrow_and_update())))
+                }
+                () = self.notify.notified() => Some(Input::Changed),
+                () = tokio::time::sleep_until(wake_at.into()) => Some(Input::Tick),
             };
             if self.cancel.is_cancelled() {
                 return;
             }
-            self.perform(input).await;
+            self.sync_leadership().await;
+            if let Some(input) = input {
+                self.perform(input).await;
+            }
+        }
+    }
+
+    /// Tells the machine whether this process leads now, by the term's
+    /// validity rather than by the last flag seen, when that differs from
+    /// what it was last told.
+    async fn sync_leadership(&mut self) {
+        let leading = self.leadership.is_leading();
+        if leading != self.believed_leading {
+            self.believed_leading = leading;
+            self.perform(Input::Leadership(leading)).await;
         }
     }
 
@@ -115,9 +176,24 @@ impl Worker {
     async fn perform(&mut self, input: Input) {
         let mut queue: VecDeque<Effect> = self.machine.step(input, Moment::now()).into();
         while let Some(effect) = queue.pop_front() {
+            // Once shutting down, nothing new starts: the Lease is released
+            // as soon as the effect in progress (a send) has ended.
+            if self.cancel.is_cancelled() {
+                return;
+            }
+            // A debounce or a send can take a while: what was decided while
+            // leading is performed only if this process still leads.
+            if !matches!(effect, Effect::Build) && !self.leadership.is_leading() {
+                self.believed_leading = false;
+                queue = self
+                    .machine
+                    .step(Input::Leadership(false), Moment::now())
+                    .into();
+                continue;
+            }
             let next = match effect {
                 Effect::Build => Some(Input::Built(self.build())),
-                Effect::Send { ensure_environment } => Some(self.send(ensure_environment).await),
+                Effect::Send { ensure_environment } => self.send(ensure_environment).await,
                 Effect::RefreshCompliance => Some(Input::Compliance(self.compliance().await)),
                 Effect::Event {
                     type_,
@@ -171,7 +247,9 @@ impl Worker {
         Some(summary)
     }
 
-    async fn send(&mut self, ensure_environment: bool) -> Input {
+    /// Sends the snapshot just built; `None` when the send was fenced off
+    /// because this process is shutting down (nothing to tell the machine).
+    async fn send(&mut self, ensure_environment: bool) -> Option<Input> {
         let env = self.env();
         let kosli_env = &env.kosli_env;
         let body = self.body.take().unwrap_or_default();
@@ -181,23 +259,35 @@ impl Worker {
             tracing::info!(environment = %kosli_env, bytes, body = %String::from_utf8_lossy(&body),
                 "dry run: would report");
             self.shared.metrics.report_sent(kosli_env, bytes);
-            return Input::Sent {
+            return Some(Input::Sent {
                 ensured: false,
                 result: Ok(()),
-            };
+            });
+        };
+        let fence = ReportFence {
+            leadership: &self.leadership,
+            cancel: &self.cancel,
         };
         let mut ensured = false;
         let mut result = Ok(());
         if ensure_environment {
             let description = env.resource.spec.description.clone().unwrap_or_default();
             result = kosli
-                .ensure_environment(kosli_env, &description)
+                .ensure_environment_fenced(kosli_env, &description, &fence)
                 .await
                 .map(drop);
             ensured = result.is_ok();
         }
         if result.is_ok() {
-            result = kosli.report_k8s(kosli_env, body).await;
+            result = kosli.report_k8s_fenced(kosli_env, body, &fence).await;
+        }
+        if let Err(error @ Error::WriteFenced { .. }) = &result {
+            tracing::warn!(environment = %kosli_env, "report not made: {error}");
+            if self.cancel.is_cancelled() && self.leadership.is_leading() {
+                return None;
+            }
+            self.believed_leading = false;
+            return Some(Input::Leadership(false));
         }
         let result = match result {
             Ok(()) => {
@@ -216,7 +306,7 @@ impl Worker {
                 })
             }
         };
-        Input::Sent { ensured, result }
+        Some(Input::Sent { ensured, result })
     }
 
     /// Kosli's verdict on what now runs, and its link.

@@ -3,6 +3,13 @@
 //! unknown fields, wrong types and malformed digests with a 400 in Kosli's error
 //! shape. It records every request and misbehaves on demand: scripted statuses
 //! (404, 409, 429 with Retry-After, 5xx, non-JSON pages) and slow answers.
+//!
+//! Several clients can be told apart by a first path segment before `/api`
+//! (`KOSLI_HOST=http://127.0.0.1:PORT/a`): it is recorded as `via`, and reports
+//! arriving via one of them can be held back on demand. A held request whose
+//! client hangs up is dropped unanswered and never stored (hyper drops the
+//! handler when the connection closes), as a request that never fully reached
+//! Kosli would be.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::convert::Infallible;
@@ -34,6 +41,18 @@ pub struct Recorded {
     pub headers: HeaderMap,
     pub body: Vec<u8>,
     pub at: Instant,
+    /// The first path segment before `/api`, if any: which client sent it.
+    pub via: Option<String>,
+}
+
+/// A report Kosli stored: when its request arrived and when it was stored.
+#[derive(Clone, Debug)]
+pub struct Landed {
+    pub env: String,
+    pub via: Option<String>,
+    pub started: Instant,
+    pub landed: Instant,
+    pub landed_wall: std::time::SystemTime,
 }
 
 /// An answer given instead of the normal one to the next request.
@@ -106,6 +125,10 @@ pub struct State {
     pub env_script: BTreeMap<String, VecDeque<Scripted>>,
     /// Assert answers by fingerprint; unknown fingerprints get 404.
     pub asserts: BTreeMap<String, Value>,
+    /// Reports arriving via these prefixes are held this long before being handled.
+    pub hold_reports_via: BTreeMap<String, Duration>,
+    /// Every stored report, in the order stored.
+    pub landed: Vec<Landed>,
 }
 
 pub struct FakeKosli {
@@ -240,6 +263,21 @@ impl FakeKosli {
     pub fn reports(&self, env: &str) -> Vec<Value> {
         self.state().reports.get(env).cloned().unwrap_or_default()
     }
+
+    /// The URL a client should use so that its requests are recorded `via`.
+    pub fn url_via(&self, via: &str) -> String {
+        format!("{}/{via}", self.url)
+    }
+
+    /// Holds every report arriving via `via` for `delay` before handling it
+    /// (`Duration::ZERO`: no longer).
+    pub fn hold_reports_via(&self, via: &str, delay: Duration) {
+        self.state().hold_reports_via.insert(via.to_owned(), delay);
+    }
+
+    pub fn landed(&self) -> Vec<Landed> {
+        self.state().landed.clone()
+    }
 }
 
 fn respond(status: u16, body: String, content_type: &str) -> Response<Full<Bytes>> {
@@ -278,16 +316,24 @@ async fn handle(
         .await
         .map(|b| b.to_bytes().to_vec())
         .unwrap_or_default();
+    let full_path = parts.uri.path();
+    let (via, path) = match full_path.trim_start_matches('/').split_once('/') {
+        Some((first, rest)) if first != "api" && rest.starts_with("api/") => {
+            (Some(first.to_owned()), format!("/{rest}"))
+        }
+        _ => (None, full_path.to_owned()),
+    };
     let recorded = Recorded {
         method: parts.method.to_string(),
         uri: parts.uri.to_string(),
-        path: parts.uri.path().to_owned(),
+        path,
         query: parts.uri.query().map(str::to_owned),
         headers: parts.headers.clone(),
         body,
         at: Instant::now(),
+        via,
     };
-    let scripted = {
+    let (scripted, hold) = {
         let mut state = state.lock().expect("state");
         state.requests.push(recorded.clone());
         let segments: Vec<&str> = recorded.path.trim_start_matches('/').split('/').collect();
@@ -295,9 +341,24 @@ async fn handle(
             ["api", "v2", "environments", _, env, ..] => Some((*env).to_owned()),
             _ => None,
         };
-        env.and_then(|env| state.env_script.get_mut(&env)?.pop_front())
-            .or_else(|| state.script.pop_front())
+        let is_report = recorded.method == "PUT"
+            && matches!(
+                segments.as_slice(),
+                ["api", "v2", "environments", _, _, "report", _]
+            );
+        let hold = recorded
+            .via
+            .as_ref()
+            .filter(|_| is_report)
+            .and_then(|via| state.hold_reports_via.get(via).copied());
+        let scripted = env
+            .and_then(|env| state.env_script.get_mut(&env)?.pop_front())
+            .or_else(|| state.script.pop_front());
+        (scripted, hold)
     };
+    if let Some(hold) = hold {
+        tokio::time::sleep(hold).await;
+    }
     if let Some(s) = scripted {
         tokio::time::sleep(s.delay).await;
         if let Some(status) = s.status {
@@ -388,6 +449,13 @@ fn route(state: &Arc<Mutex<State>>, req: &Recorded) -> Response<Full<Bytes>> {
                         .entry((*env).to_owned())
                         .or_default()
                         .push(body);
+                    state.landed.push(Landed {
+                        env: (*env).to_owned(),
+                        via: req.via.clone(),
+                        started: req.at,
+                        landed: Instant::now(),
+                        landed_wall: std::time::SystemTime::now(),
+                    });
                     json_response(201, json!("OK"))
                 }
             }

@@ -106,13 +106,7 @@ impl Operator {
     /// The value of one series, e.g. `kosli_operator_leader` or
     /// `kosli_operator_reports_total{environment="x",result="sent"}`.
     pub async fn metric(&self, series: &str) -> Option<f64> {
-        self.metrics().await.lines().find_map(|line| {
-            line.strip_prefix(series)?
-                .strip_prefix(' ')?
-                .trim()
-                .parse()
-                .ok()
-        })
+        metric(&self.http, series).await
     }
 
     /// SIGTERM, then waits for a clean exit.
@@ -144,6 +138,19 @@ impl Drop for Operator {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// The value of one series on the operator whose HTTP port is `http`; usable
+/// from a task that does not own the [`Operator`].
+pub async fn metric(http: &str, series: &str) -> Option<f64> {
+    let (_, body) = get(http, "/metrics").await?;
+    body.lines().find_map(|line| {
+        line.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
 }
 
 /// GET `path` from an operator's HTTP port (never through a proxy): its status and body.
