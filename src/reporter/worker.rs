@@ -31,6 +31,7 @@ pub(super) struct Worker {
     leader: watch::Receiver<bool>,
     cancel: CancellationToken,
     machine: Machine,
+    token_changes: Option<watch::Receiver<u64>>,
     /// The body of the snapshot last built, until it is sent.
     body: Option<Vec<u8>>,
 }
@@ -42,6 +43,7 @@ fn machine_spec(env: &IndexedEnvironment) -> Spec {
         heartbeat: env.heartbeat(),
         auto_create: env.resource.spec.auto_create,
         invalid: env.selection.as_ref().err().cloned(),
+        ownership: env.ownership.clone(),
     }
 }
 
@@ -60,10 +62,12 @@ impl Worker {
             max_debounce: options.max_debounce,
             retry: options.retry,
             permanent_hold: options.permanent_hold,
+            permanent_retry: options.permanent_retry,
             dry_run: shared.kosli.is_none(),
         };
         let leading = *leader.borrow_and_update();
         let machine = Machine::new(timing, machine_spec(&spec.borrow()), leading);
+        let token_changes = shared.token_changes();
         Self {
             shared,
             name,
@@ -72,6 +76,7 @@ impl Worker {
             leader,
             cancel,
             machine,
+            token_changes,
             body: None,
         }
     }
@@ -101,6 +106,7 @@ impl Worker {
                     }
                     Input::Leadership(*self.leader.borrow_and_update())
                 }
+                () = super::token_changed(&mut self.token_changes) => Input::CredentialsChanged,
                 () = tokio::time::sleep_until(wake_at.into()) => Input::Tick,
             };
             if self.cancel.is_cancelled() {
