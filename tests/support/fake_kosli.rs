@@ -106,6 +106,8 @@ pub struct State {
     pub env_script: BTreeMap<String, VecDeque<Scripted>>,
     /// Assert answers by fingerprint; unknown fingerprints get 404.
     pub asserts: BTreeMap<String, Value>,
+    /// The one token accepted, once rotated away from `TOKEN`.
+    pub token: Option<String>,
 }
 
 pub struct FakeKosli {
@@ -227,6 +229,11 @@ impl FakeKosli {
             .extend(answers);
     }
 
+    /// Rotates the API token: from now on only `token` is accepted.
+    pub fn set_token(&self, token: &str) {
+        self.state().token = Some(token.to_owned());
+    }
+
     pub fn set_compliance(&self, env: &str, state: Option<bool>) {
         if let Some(e) = self.state().environments.get_mut(env) {
             e.state = state;
@@ -318,11 +325,12 @@ fn route(state: &Arc<Mutex<State>>, req: &Recorded) -> Response<Full<Bytes>> {
         .headers
         .get(hyper::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    if auth != Some(&format!("Bearer {TOKEN}")) {
-        return message(401, "Invalid API token");
-    }
     let segments: Vec<&str> = req.path.trim_start_matches('/').split('/').collect();
     let mut state = state.lock().expect("state");
+    let accepted = state.token.as_deref().unwrap_or(TOKEN);
+    if auth != Some(&format!("Bearer {accepted}")) {
+        return message(401, "Invalid API token");
+    }
     match (req.method.as_str(), segments.as_slice()) {
         ("GET", ["api", "v2", "environments", org, env]) if *org == ORG => {
             match state.environments.get(*env) {
