@@ -3,6 +3,10 @@
 //!
 //! The KosliEnvironment watch writes it; the reporter's workers and the gate
 //! read it. Neither depends on the other: both depend on this index.
+//!
+//! One Kosli environment has one writer: when several KosliEnvironments name
+//! it, the oldest ([`owners`]) reports it and the others stand aside, so two
+//! views never overwrite each other in Kosli.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -36,8 +40,49 @@ pub struct Gating {
     pub generation: Option<i64>,
 }
 
+/// Whether a KosliEnvironment may report its Kosli environment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Ownership {
+    /// It is the oldest KosliEnvironment naming its Kosli environment.
+    Owner,
+    /// An older KosliEnvironment (this one) names the same Kosli environment.
+    OwnedBy(String),
+    /// The first list of KosliEnvironments is not complete: an older one naming
+    /// the same Kosli environment may still arrive.
+    Unsettled,
+}
+
+/// A KosliEnvironment's claim on a Kosli environment.
+#[derive(Clone, Copy, Debug)]
+pub struct Claim<'a> {
+    pub object: &'a str,
+    pub kosli_env: &'a str,
+    /// `metadata.creationTimestamp`; the API server always sets it, and an
+    /// object without one counts as the newest.
+    pub created: Option<jiff::Timestamp>,
+}
+
+/// The owner of each claimed Kosli environment: the oldest claim by creation
+/// time, then by object name (creation times have one-second resolution).
+/// Creation times never change and a new object is always the newest, so
+/// ownership moves only when its owner is deleted.
+pub fn owners<'a>(claims: impl IntoIterator<Item = Claim<'a>>) -> BTreeMap<&'a str, &'a str> {
+    let mut oldest: BTreeMap<&'a str, Claim<'a>> = BTreeMap::new();
+    let age = |c: &Claim<'a>| (c.created.is_none(), c.created, c.object);
+    for claim in claims {
+        let kept = oldest.entry(claim.kosli_env).or_insert(claim);
+        if age(&claim) < age(kept) {
+            *kept = claim;
+        }
+    }
+    oldest
+        .into_iter()
+        .map(|(kosli_env, claim)| (kosli_env, claim.object))
+        .collect()
+}
+
 /// One KosliEnvironment as the reporter and the gate need it.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct IndexedEnvironment {
     /// The KosliEnvironment object's name.
     pub object: String,
@@ -53,6 +98,8 @@ pub struct IndexedEnvironment {
     pub gating: Option<Gating>,
     /// The object as last seen (its status is what the API server holds).
     pub resource: Arc<KosliEnvironment>,
+    /// Whether it reports its Kosli environment; set by the index.
+    pub ownership: Ownership,
 }
 
 impl IndexedEnvironment {
@@ -73,6 +120,20 @@ impl IndexedEnvironment {
             selection,
             gate: env.spec.gate.clone(),
             resource: Arc::new(env),
+            ownership: Ownership::Unsettled,
+        }
+    }
+
+    fn claim(&self) -> Claim<'_> {
+        Claim {
+            object: &self.object,
+            kosli_env: &self.kosli_env,
+            created: self
+                .resource
+                .metadata
+                .creation_timestamp
+                .as_ref()
+                .map(|t| t.0),
         }
     }
 
@@ -219,12 +280,61 @@ impl EnvironmentIndex {
                 .message
                 .push_str(&gate_note(entry.gating.as_ref(), &entry.gate));
         }
-        let entry = Arc::new(entry);
-        entries.insert(name, entry.clone());
+        entries.insert(name.clone(), Arc::new(entry));
+        // The entry's own ownership is settled here; other entries it displaced
+        // are left to `settle_ownership`.
+        let ownership = self.ownership_of(&entries, &name);
+        let entry = match entries.get_mut(&name) {
+            Some(slot) => {
+                Arc::make_mut(slot).ownership = ownership;
+                slot.clone()
+            }
+            None => return Applied::Unchanged,
+        };
         match existing {
             Some(_) => Applied::Changed(entry),
             None => Applied::Added(entry),
         }
+    }
+
+    /// What `object` may do, by the claims in `entries`.
+    fn ownership_of(
+        &self,
+        entries: &BTreeMap<String, Arc<IndexedEnvironment>>,
+        object: &str,
+    ) -> Ownership {
+        if !self.is_synced() {
+            return Ownership::Unsettled;
+        }
+        let Some(entry) = entries.get(object) else {
+            return Ownership::Unsettled;
+        };
+        let owners = owners(entries.values().map(|e| e.claim()));
+        match owners.get(entry.kosli_env.as_str()) {
+            Some(owner) if *owner != object => Ownership::OwnedBy((*owner).to_owned()),
+            _ => Ownership::Owner,
+        }
+    }
+
+    /// Recomputes every entry's ownership (after an environment came, went or
+    /// the first list completed) and returns the entries whose ownership moved,
+    /// so their workers learn it.
+    pub fn settle_ownership(&self) -> Vec<Arc<IndexedEnvironment>> {
+        let mut entries = self.write();
+        let settled: Vec<(String, Ownership)> = entries
+            .keys()
+            .map(|name| (name.clone(), self.ownership_of(&entries, name)))
+            .collect();
+        let mut moved = Vec::new();
+        for (name, ownership) in settled {
+            if let Some(slot) = entries.get_mut(&name)
+                && slot.ownership != ownership
+            {
+                Arc::make_mut(slot).ownership = ownership;
+                moved.push(slot.clone());
+            }
+        }
+        moved
     }
 
     /// Removes an environment; `false` if it was not there.
@@ -504,5 +614,146 @@ mod tests {
         assert!(!index.is_synced());
         index.set_synced();
         assert!(index.is_synced());
+    }
+
+    fn created(name: &str, kosli_env: &str, at: &str) -> KosliEnvironment {
+        let mut e = env(name, 1, serde_json::json!({"name": kosli_env}));
+        e.metadata.creation_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            at.parse().unwrap(),
+        ));
+        e
+    }
+
+    fn claim<'a>(object: &'a str, kosli_env: &'a str, at: Option<&str>) -> Claim<'a> {
+        Claim {
+            object,
+            kosli_env,
+            created: at.map(|at| at.parse().unwrap()),
+        }
+    }
+
+    #[test]
+    fn the_oldest_claim_owns_a_kosli_environment() {
+        let owners = owners([
+            claim("b-newer", "prod", Some("2026-01-02T00:00:00Z")),
+            claim("z-oldest", "prod", Some("2026-01-01T00:00:00Z")),
+            claim("no-time", "prod", None),
+            claim("alone", "dev", Some("2026-01-03T00:00:00Z")),
+        ]);
+        assert_eq!(
+            owners.get("prod"),
+            Some(&"z-oldest"),
+            "by creation time first"
+        );
+        assert_eq!(owners.get("dev"), Some(&"alone"));
+        assert_eq!(owners.len(), 2);
+    }
+
+    #[test]
+    fn claims_created_in_the_same_second_go_by_name_and_a_missing_time_is_newest() {
+        let same = Some("2026-01-01T00:00:00Z");
+        let owners_of = |claims: Vec<Claim<'static>>| owners(claims).get("prod").copied();
+        assert_eq!(
+            owners_of(vec![claim("b", "prod", same), claim("a", "prod", same)]),
+            Some("a")
+        );
+        assert_eq!(
+            owners_of(vec![claim("a", "prod", same), claim("b", "prod", same)]),
+            Some("a")
+        );
+        assert_eq!(
+            owners_of(vec![claim("a", "prod", None), claim("b", "prod", same)]),
+            Some("b"),
+            "an object without a creation time never displaces one with it"
+        );
+    }
+
+    #[test]
+    fn ownership_is_unsettled_until_the_first_list_is_complete() {
+        let index = EnvironmentIndex::new(None);
+        // The newer object arrives first in the list: it must not report before
+        // the older one is known.
+        let Applied::Added(newer) = index.apply(created("newer", "prod", "2026-01-02T00:00:00Z"))
+        else {
+            panic!("added")
+        };
+        assert_eq!(newer.ownership, Ownership::Unsettled);
+        index.apply(created("older", "prod", "2026-01-01T00:00:00Z"));
+        index.set_synced();
+        let mut moved: Vec<(String, Ownership)> = index
+            .settle_ownership()
+            .iter()
+            .map(|e| (e.object.clone(), e.ownership.clone()))
+            .collect();
+        moved.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(
+            moved,
+            vec![
+                ("newer".to_owned(), Ownership::OwnedBy("older".to_owned())),
+                ("older".to_owned(), Ownership::Owner),
+            ]
+        );
+        assert!(index.settle_ownership().is_empty(), "nothing moved since");
+    }
+
+    #[test]
+    fn when_the_owner_goes_the_next_oldest_takes_over() {
+        let index = EnvironmentIndex::new(None);
+        index.set_synced();
+        let Applied::Added(first) = index.apply(created("first", "prod", "2026-01-01T00:00:00Z"))
+        else {
+            panic!("added")
+        };
+        assert_eq!(first.ownership, Ownership::Owner);
+        let Applied::Added(second) = index.apply(created("second", "prod", "2026-01-02T00:00:00Z"))
+        else {
+            panic!("added")
+        };
+        assert_eq!(second.ownership, Ownership::OwnedBy("first".to_owned()));
+        let Applied::Added(third) = index.apply(created("third", "prod", "2026-01-03T00:00:00Z"))
+        else {
+            panic!("added")
+        };
+        assert_eq!(third.ownership, Ownership::OwnedBy("first".to_owned()));
+        let Applied::Added(other) = index.apply(created("other", "dev", "2026-01-04T00:00:00Z"))
+        else {
+            panic!("added")
+        };
+        assert_eq!(other.ownership, Ownership::Owner, "another Kosli name");
+        assert!(index.settle_ownership().is_empty());
+
+        assert!(index.remove("first"));
+        let moved = index.settle_ownership();
+        let moved: Vec<(&str, &Ownership)> = moved
+            .iter()
+            .map(|e| (e.object.as_str(), &e.ownership))
+            .collect();
+        assert_eq!(
+            moved,
+            vec![
+                ("second", &Ownership::Owner),
+                ("third", &Ownership::OwnedBy("second".to_owned()))
+            ]
+        );
+    }
+
+    #[test]
+    fn renaming_the_kosli_environment_frees_the_old_name() {
+        let index = EnvironmentIndex::new(None);
+        index.set_synced();
+        index.apply(created("first", "prod", "2026-01-01T00:00:00Z"));
+        index.apply(created("second", "prod", "2026-01-02T00:00:00Z"));
+        let mut renamed = created("first", "staging", "2026-01-01T00:00:00Z");
+        renamed.metadata.generation = Some(2);
+        let Applied::Changed(first) = index.apply(renamed) else {
+            panic!("a new generation")
+        };
+        assert_eq!(first.ownership, Ownership::Owner);
+        let moved = index.settle_ownership();
+        assert_eq!(moved.len(), 1);
+        assert_eq!(
+            (moved[0].object.as_str(), &moved[0].ownership),
+            ("second", &Ownership::Owner)
+        );
     }
 }

@@ -448,14 +448,19 @@ async fn rejected_credentials_degrade_without_a_hot_loop() {
         "the token never reaches the log"
     );
     let before = s.fake.requests().len();
-    // Pod churn does not retrigger a request that cannot succeed.
+    // A pod change after a 401 tries again within seconds (the hold's first
+    // backoff, 5 s after the failure), once: churn cannot make it loop.
     let web = RunningContainer::pulled("web", "docker.io/library/nginx:1.27", NGINX);
     running_pod(&s.client, &ns, "web", &[], std::slice::from_ref(&web)).await;
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let retried: Vec<_> = s.fake.requests().split_off(before);
     assert_eq!(
-        s.fake.requests().len(),
-        before,
-        "no retries after a 401 until something changes"
+        retried
+            .iter()
+            .map(|r| r.method.as_str())
+            .collect::<Vec<_>>(),
+        vec!["PUT"],
+        "one retry after the pod change, no more until the next backoff"
     );
 }
 

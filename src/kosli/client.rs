@@ -180,11 +180,49 @@ impl fmt::Debug for KosliClient {
 /// Where the Authorization header comes from.
 enum TokenSource {
     Fixed(HeaderValue),
-    /// Re-read when the file's modification time or size changes.
+    /// Re-read when the file behind the path changes.
     File {
         path: PathBuf,
-        current: Mutex<(Option<SystemTime>, u64, HeaderValue)>,
+        current: Mutex<TokenFile>,
+        /// Counts token changes, so the reporter can retry what the old token
+        /// could not do without waiting for its own schedule.
+        revision: tokio::sync::watch::Sender<u64>,
     },
+}
+
+/// The token file as last read.
+struct TokenFile {
+    stamp: FileStamp,
+    header: HeaderValue,
+}
+
+/// What tells one version of the token file from another without reading it.
+/// A mounted Secret is updated by swapping a symlink to a new directory: the
+/// path then leads to another file (another inode), whatever its time and size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct FileStamp {
+    modified: Option<SystemTime>,
+    len: u64,
+    device: u64,
+    inode: u64,
+}
+
+impl FileStamp {
+    fn of(meta: &std::fs::Metadata) -> Self {
+        #[cfg(unix)]
+        let (device, inode) = {
+            use std::os::unix::fs::MetadataExt;
+            (meta.dev(), meta.ino())
+        };
+        #[cfg(not(unix))]
+        let (device, inode) = (0, 0);
+        Self {
+            modified: meta.modified().ok(),
+            len: meta.len(),
+            device,
+            inode,
+        }
+    }
 }
 
 fn bearer(token: &ApiToken) -> Result<HeaderValue> {
@@ -199,7 +237,7 @@ fn bearer(token: &ApiToken) -> Result<HeaderValue> {
     Ok(value)
 }
 
-fn read_token_file(path: &Path) -> Result<(Option<SystemTime>, u64, HeaderValue)> {
+fn read_token_file(path: &Path) -> Result<TokenFile> {
     let read_error = |source| Error::ReadFile {
         path: path.to_owned(),
         source,
@@ -213,31 +251,58 @@ fn read_token_file(path: &Path) -> Result<(Option<SystemTime>, u64, HeaderValue)
         }
         other => other,
     })?;
-    Ok((meta.modified().ok(), meta.len(), header))
+    Ok(TokenFile {
+        stamp: FileStamp::of(&meta),
+        header,
+    })
 }
 
 impl TokenSource {
     fn header(&self) -> Result<HeaderValue> {
         match self {
             TokenSource::Fixed(value) => Ok(value.clone()),
-            TokenSource::File { path, current } => {
-                let mut current = current.lock().unwrap_or_else(|p| p.into_inner());
-                let changed = std::fs::metadata(path)
-                    .map(|m| (m.modified().ok(), m.len()) != (current.0, current.1))
-                    .unwrap_or(false);
-                if changed {
-                    match read_token_file(path) {
-                        Ok(fresh) => {
-                            tracing::info!(path = %path.display(), "Kosli API token file changed, using the new token");
-                            *current = fresh;
-                        }
-                        // Mid-rotation the file can be briefly empty: keep the last good token.
-                        Err(e) => {
-                            tracing::warn!("keeping the previous Kosli API token: {}", chain(&e))
-                        }
-                    }
+            TokenSource::File { current, .. } => {
+                self.reload();
+                Ok(current
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .header
+                    .clone())
+            }
+        }
+    }
+
+    /// Re-reads the token file if it changed; `true` when the token did.
+    fn reload(&self) -> bool {
+        let TokenSource::File {
+            path,
+            current,
+            revision,
+        } = self
+        else {
+            return false;
+        };
+        let mut current = current.lock().unwrap_or_else(|p| p.into_inner());
+        let changed = std::fs::metadata(path)
+            .map(|m| FileStamp::of(&m) != current.stamp)
+            .unwrap_or(false);
+        if !changed {
+            return false;
+        }
+        match read_token_file(path) {
+            Ok(fresh) => {
+                let new_token = fresh.header != current.header;
+                *current = fresh;
+                if new_token {
+                    tracing::info!(path = %path.display(), "Kosli API token file changed, using the new token");
+                    revision.send_modify(|r| *r = r.wrapping_add(1));
                 }
-                Ok(current.2.clone())
+                new_token
+            }
+            // Mid-rotation the file can be briefly empty: keep the last good token.
+            Err(e) => {
+                tracing::warn!("keeping the previous Kosli API token: {}", chain(&e));
+                false
             }
         }
     }
@@ -290,6 +355,7 @@ impl KosliClient {
             Some(path) => TokenSource::File {
                 current: Mutex::new(read_token_file(path)?),
                 path: path.clone(),
+                revision: tokio::sync::watch::Sender::new(0),
             },
             None => TokenSource::Fixed(bearer(&config.token)?),
         };
@@ -341,6 +407,21 @@ impl KosliClient {
             retry: config.retry,
             observer: None,
         })
+    }
+
+    /// Changes of the token read from `--api-token-file`, if the token comes
+    /// from a file; they are noticed by [`KosliClient::reload_token`] or by
+    /// the next request.
+    pub fn token_changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        match self.token.as_ref() {
+            TokenSource::File { revision, .. } => Some(revision.subscribe()),
+            TokenSource::Fixed(_) => None,
+        }
+    }
+
+    /// Re-reads the token file if it changed on disk; `true` when the token did.
+    pub fn reload_token(&self) -> bool {
+        self.token.reload()
     }
 
     /// Reports every attempt and retry to `observer` (metrics).
@@ -824,6 +905,67 @@ mod tests {
             client.environment_url("prod"),
             "https://kosli.example.com/prefix/my%20org/environments/prod"
         );
+    }
+
+    /// Lays a token out as the kubelet projects a Secret: `token` ->
+    /// `..data/token`, `..data` -> a directory per version.
+    #[cfg(unix)]
+    fn project_secret(dir: &Path, version: &str, token: &str, modified: SystemTime) {
+        let versioned = dir.join(version);
+        std::fs::create_dir(&versioned).unwrap();
+        let file = versioned.join("token");
+        std::fs::write(&file, token).unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&file)
+            .unwrap()
+            .set_modified(modified)
+            .unwrap();
+        let staged = dir.join("..data_tmp");
+        std::os::unix::fs::symlink(version, &staged).unwrap();
+        std::fs::rename(&staged, dir.join("..data")).unwrap();
+        let link = dir.join("token");
+        if std::fs::symlink_metadata(&link).is_err() {
+            std::os::unix::fs::symlink("..data/token", &link).unwrap();
+        }
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_secret_volume_swap_is_a_new_token_even_with_the_same_size_and_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let modified = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        project_secret(dir.path(), "..v1", "token-aaaa", modified);
+        let mut config = KosliConfig::new("https://app.kosli.com", "org", ApiToken::new(""));
+        config.token_file = Some(dir.path().join("token"));
+        let client = KosliClient::new(&config).unwrap();
+        let mut changes = client.token_changes().expect("a token file is watched");
+        assert!(!client.reload_token(), "nothing changed yet");
+        assert_eq!(client.token.header().unwrap(), "Bearer token-aaaa");
+
+        // Same length, same modification time: only the file behind the link differs.
+        project_secret(dir.path(), "..v2", "token-bbbb", modified);
+        assert!(client.reload_token(), "the swapped-in token is seen");
+        assert!(changes.has_changed().unwrap(), "and announced");
+        changes.mark_unchanged();
+        assert_eq!(client.token.header().unwrap(), "Bearer token-bbbb");
+
+        // The kubelet re-projecting the same Secret is no new token.
+        project_secret(dir.path(), "..v3", "token-bbbb", modified);
+        assert!(!client.reload_token());
+        assert!(!changes.has_changed().unwrap());
+    }
+
+    #[test]
+    fn a_fixed_token_has_no_changes() {
+        let client = KosliClient::new(&KosliConfig::new(
+            "https://app.kosli.com",
+            "org",
+            ApiToken::new("t"),
+        ))
+        .unwrap();
+        assert!(client.token_changes().is_none());
+        assert!(!client.reload_token());
     }
 
     #[test]

@@ -14,8 +14,15 @@
 //!   report is `heartbeat` old.
 //! - **Retry**: a transient failure waits a jittered exponential backoff, or the
 //!   `Retry-After` Kosli asked for when that is longer.
-//! - **Hold**: a permanent failure (or an invalid spec) holds the environment
-//!   until its spec changes or `permanent_hold` passes.
+//! - **Hold**: a permanent failure holds the environment until something that
+//!   could fix it happens: a spec change or a new Kosli token tries again at
+//!   once; a change of what it selects tries again once `permanent_retry` has
+//!   passed, doubling with each failure in a row up to `permanent_hold` (so a
+//!   broken spec under pod churn cannot hot-loop); with nothing changed, again
+//!   after `permanent_hold`. An invalid spec waits for a spec change.
+//! - **One owner**: a KosliEnvironment that an older one shadows (same Kosli
+//!   environment) is not reported and says why; it reports at once when it
+//!   becomes the owner.
 //! - **Stale**: no report accepted for two heartbeats marks the status Stale.
 //! - **Only the leader** acts; a new term reports and writes status afresh.
 //! - **Events**: each kind of trouble is recorded when it starts, not again
@@ -27,7 +34,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use crate::core::crd::{KosliEnvironment, KosliEnvironmentStatus, KosliErrorStatus};
-use crate::environments::InvalidSpec;
+use crate::environments::{InvalidSpec, Ownership};
 use crate::k8s::events::EventType;
 use crate::kosli::RetryPolicy;
 use crate::reporter::status::{Outcome, desired_conditions, merge_conditions};
@@ -43,6 +50,9 @@ pub struct Timing {
     pub retry: RetryPolicy,
     /// After a permanent failure, the longest wait before trying again unchanged.
     pub permanent_hold: Duration,
+    /// After a first permanent failure, the wait before a change of what the
+    /// environment selects tries again; it doubles with each failure in a row.
+    pub permanent_retry: Duration,
     /// Reports are logged, not sent.
     pub dry_run: bool,
 }
@@ -73,6 +83,8 @@ pub struct Spec {
     pub auto_create: bool,
     /// Why the spec cannot be served, if it cannot.
     pub invalid: Option<InvalidSpec>,
+    /// Whether this KosliEnvironment reports its Kosli environment.
+    pub ownership: Ownership,
 }
 
 /// What a built snapshot amounts to.
@@ -124,6 +136,8 @@ pub enum Input {
     Spec(Spec),
     /// This process gained or lost leadership.
     Leadership(bool),
+    /// The Kosli API token changed (its file was rewritten).
+    CredentialsChanged,
     /// A time returned by [`Machine::next_wake`] came.
     Tick,
     /// The snapshot asked for by [`Effect::Build`]: `None` while a watch's view is
@@ -166,6 +180,17 @@ struct Pending {
     last: Instant,
 }
 
+/// A permanent failure of one generation, waiting for something to change.
+#[derive(Clone, Copy, Debug)]
+struct Hold {
+    generation: Option<i64>,
+    /// From when a change of what the environment selects tries again; `None`:
+    /// only a spec change can help (an invalid spec).
+    on_change: Option<Instant>,
+    /// When to try again unchanged.
+    until: Instant,
+}
+
 /// One environment's reporting state.
 #[derive(Debug)]
 pub struct Machine {
@@ -184,8 +209,9 @@ pub struct Machine {
     outcome: Outcome,
     retry_at: Option<Instant>,
     failures: u32,
-    /// A permanent failure of this generation: wait for a spec change or `until`.
-    hold: Option<(Option<i64>, Instant)>,
+    /// Permanent failures in a row: the exponent of the hold's backoff.
+    permanent_failures: u32,
+    hold: Option<Hold>,
     ensured: bool,
     compliance: Option<Compliance>,
     kosli_url: Option<String>,
@@ -212,6 +238,7 @@ impl Machine {
             },
             retry_at: None,
             failures: 0,
+            permanent_failures: 0,
             hold: None,
             ensured: false,
             compliance: None,
@@ -246,12 +273,41 @@ impl Machine {
                 Vec::new()
             }
             Input::Spec(spec) => {
+                let mut effects = Vec::new();
+                if spec.ownership != self.spec.ownership {
+                    // Whoever reported meanwhile, this object's last report is
+                    // not what Kosli holds now: report afresh.
+                    self.last_sent = None;
+                    if spec.ownership == Ownership::Owner
+                        && matches!(self.outcome, Outcome::NotOwner { .. })
+                    {
+                        let message = format!(
+                            "no older KosliEnvironment names Kosli environment {}: reporting it now",
+                            spec.kosli_env
+                        );
+                        effects.push(Effect::Event {
+                            type_: EventType::Normal,
+                            reason: "KosliEnvironmentTakenOver",
+                            message: message.clone(),
+                        });
+                        self.outcome = Outcome::Pending { message };
+                    }
+                }
                 self.spec = spec;
                 self.hold = None;
                 self.retry_at = None;
                 self.ensured = false;
-                self.attempt(now)
+                effects.extend(self.attempt(now));
+                effects
             }
+            Input::CredentialsChanged => match self.hold {
+                // Kosli refused (a 401 among them): the new token may be the fix.
+                Some(hold) if hold.on_change.is_some() => {
+                    self.hold = None;
+                    self.attempt(now)
+                }
+                _ => Vec::new(),
+            },
             Input::Leadership(leading) => {
                 if leading && !self.leading {
                     // A new term starts from scratch: another process may have
@@ -266,7 +322,7 @@ impl Machine {
                 self.attempt(now)
             }
             Input::Tick => match self.pending {
-                Some(pending) if now.at < self.debounce_due(pending) => Vec::new(),
+                Some(pending) if now.at < self.pending_due(pending) => Vec::new(),
                 _ => self.attempt(now),
             },
             Input::Built(None) => Vec::new(),
@@ -306,6 +362,19 @@ impl Machine {
         (pending.last + self.timing.debounce).min(pending.first + self.timing.max_debounce)
     }
 
+    /// When pending changes are due: after the debounce, and not before a
+    /// hold lets changes try again.
+    fn pending_due(&self, pending: Pending) -> Instant {
+        let debounced = self.debounce_due(pending);
+        match self.hold {
+            Some(hold) if hold.generation == self.spec.generation => match hold.on_change {
+                Some(on_change) => debounced.max(on_change.min(hold.until)),
+                None => debounced,
+            },
+            _ => debounced,
+        }
+    }
+
     /// When to [`Input::Tick`] next; `None`: only on an input.
     pub fn next_wake(&self) -> Option<Instant> {
         if !self.leading {
@@ -313,7 +382,7 @@ impl Machine {
         }
         if let Some(pending) = self.pending {
             // A debounce defers everything else: its attempt covers them all.
-            return Some(self.debounce_due(pending));
+            return Some(self.pending_due(pending));
         }
         let heartbeat = self.spec.heartbeat;
         let sent_at = self.last_sent.as_ref().map(|(_, at)| *at);
@@ -321,7 +390,7 @@ impl Machine {
             sent_at.map(|at| at + heartbeat),
             sent_at.map(|at| at + 2 * heartbeat + Duration::from_secs(1)),
             self.retry_at,
-            self.hold.map(|(_, until)| until),
+            self.hold.map(|hold| hold.until),
         ];
         candidates
             .into_iter()
@@ -334,10 +403,18 @@ impl Machine {
         if !self.leading {
             return Vec::new();
         }
-        self.pending = None;
+        let changed = self.pending.take().is_some();
         self.last_attempt = Some(now.at);
-        if let Some((generation, until)) = self.hold {
-            if generation == self.spec.generation && now.at < until {
+        match &self.spec.ownership {
+            Ownership::Owner => {}
+            Ownership::Unsettled => return Vec::new(),
+            Ownership::OwnedBy(owner) => return self.not_owner(owner.clone()),
+        }
+        if let Some(hold) = self.hold {
+            let released = hold.generation != self.spec.generation
+                || now.at >= hold.until
+                || (changed && hold.on_change.is_some_and(|at| now.at >= at));
+            if !released {
                 return Vec::new();
             }
             self.hold = None;
@@ -355,11 +432,41 @@ impl Machine {
             self.outcome = Outcome::InvalidSpec {
                 message: invalid.message,
             };
-            self.hold = Some((self.spec.generation, now.at + self.timing.permanent_hold));
+            self.hold = Some(Hold {
+                generation: self.spec.generation,
+                on_change: None,
+                until: now.at + self.timing.permanent_hold,
+            });
             effects.push(Effect::WriteStatus);
             return effects;
         }
         vec![Effect::Build]
+    }
+
+    /// An older KosliEnvironment reports this one's Kosli environment: say so,
+    /// and send nothing.
+    fn not_owner(&mut self, owner: String) -> Vec<Effect> {
+        let message = format!(
+            "Kosli environment {} is reported by KosliEnvironment {owner}, the oldest naming it; \
+             this one is not reported while {owner} exists",
+            self.spec.kosli_env
+        );
+        let mut effects = Vec::new();
+        if !matches!(&self.outcome, Outcome::NotOwner { message: shown } if *shown == message) {
+            effects.push(Effect::Event {
+                type_: EventType::Warning,
+                reason: crate::reporter::status::DUPLICATE_REASON,
+                message: message.clone(),
+            });
+        }
+        self.outcome = Outcome::NotOwner { message };
+        // What it built before is not what Kosli holds: status shows no snapshot.
+        self.summary = None;
+        self.last_sent = None;
+        self.hold = None;
+        self.retry_at = None;
+        effects.push(Effect::WriteStatus);
+        effects
     }
 
     fn built(&mut self, summary: Summary, now: Moment) -> Vec<Effect> {
@@ -409,6 +516,7 @@ impl Machine {
             Outcome::Reported
         };
         self.failures = 0;
+        self.permanent_failures = 0;
         self.retry_at = None;
         self.last_error = None;
         effects.push(if self.timing.dry_run {
@@ -438,7 +546,17 @@ impl Machine {
             });
         }
         if matches!(failure.outcome, Outcome::Permanent { .. }) {
-            self.hold = Some((self.spec.generation, now.at + self.timing.permanent_hold));
+            let backoff = self
+                .timing
+                .permanent_retry
+                .saturating_mul(2u32.saturating_pow(self.permanent_failures.min(16)))
+                .min(self.timing.permanent_hold);
+            self.permanent_failures = self.permanent_failures.saturating_add(1);
+            self.hold = Some(Hold {
+                generation: self.spec.generation,
+                on_change: Some(now.at + backoff),
+                until: now.at + self.timing.permanent_hold,
+            });
             self.retry_at = None;
         } else {
             let backoff = self.timing.retry.backoff(self.failures, self.rng.f64());

@@ -52,8 +52,15 @@ pub struct ReporterOptions {
     /// Backoff between report attempts after Kosli failed (on top of the
     /// client's own retries within one attempt).
     pub retry: RetryPolicy,
-    /// After a permanent failure, try again this long after (or on a spec change).
+    /// After a permanent failure, try again this long after (or on a spec or
+    /// token change).
     pub permanent_hold: Duration,
+    /// After a first permanent failure, a change of what the environment
+    /// selects tries again this long after; doubled per failure in a row, up
+    /// to `permanent_hold`.
+    pub permanent_retry: Duration,
+    /// How often the token file is checked for a new token.
+    pub token_poll: Duration,
 }
 
 impl Default for ReporterOptions {
@@ -71,6 +78,8 @@ impl Default for ReporterOptions {
                 max_retry_after: Duration::from_secs(300),
             },
             permanent_hold: Duration::from_secs(600),
+            permanent_retry: Duration::from_secs(5),
+            token_poll: Duration::from_secs(1),
         }
     }
 }
@@ -84,6 +93,35 @@ pub(crate) struct Shared {
     pub metrics: Arc<Metrics>,
     pub events: EventPublisher,
     pub options: ReporterOptions,
+}
+
+impl Shared {
+    /// Changes of the Kosli token, when it comes from a file.
+    pub(crate) fn token_changes(&self) -> Option<watch::Receiver<u64>> {
+        self.kosli.as_ref()?.token_changes()
+    }
+}
+
+/// Returns when the Kosli token changes; never without a token file.
+pub(crate) async fn token_changed(changes: &mut Option<watch::Receiver<u64>>) {
+    if let Some(rx) = changes
+        && rx.changed().await.is_ok()
+    {
+        return;
+    }
+    std::future::pending().await
+}
+
+/// Checks the token file every `every` until `shutdown`: a held environment
+/// sends no request that would notice a rotated token by itself.
+async fn poll_token_file(kosli: KosliClient, every: Duration, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(every) => {}
+        }
+        kosli.reload_token();
+    }
 }
 
 /// What the reporter is made of besides its options.
@@ -119,6 +157,15 @@ pub struct Reporter {
 
 impl Reporter {
     pub fn new(options: ReporterOptions, wiring: Wiring) -> Self {
+        if let Some(kosli) = &wiring.kosli
+            && kosli.token_changes().is_some()
+        {
+            tokio::spawn(poll_token_file(
+                kosli.clone(),
+                options.token_poll,
+                wiring.shutdown.clone(),
+            ));
+        }
         Self {
             shared: Arc::new(Shared {
                 client: wiring.client,
@@ -171,6 +218,19 @@ impl Reporter {
     fn notify_all(&self) {
         for worker in self.workers().values() {
             worker.notify.notify_one();
+        }
+    }
+
+    /// Tells the workers whose ownership of their Kosli environment moved.
+    fn settle_ownership(&self) {
+        let moved = self.environments.settle_ownership();
+        let workers = self.workers();
+        for entry in moved {
+            tracing::info!(kosli_environment = %entry.object, environment = %entry.kosli_env,
+                ownership = ?entry.ownership, "ownership of the Kosli environment settled");
+            if let Some(worker) = workers.get(&entry.object) {
+                worker.spec.send_replace(entry);
+            }
         }
     }
 
@@ -272,6 +332,7 @@ impl WatchListener for Reporter {
                 );
             }
         }
+        self.settle_ownership();
     }
 
     /// Its worker stops; Kosli keeps the environment's history.
@@ -281,6 +342,8 @@ impl WatchListener for Reporter {
         self.shared
             .metrics
             .forget_environment(&env.environment_name());
+        // The next oldest naming the same Kosli environment takes over at once.
+        self.settle_ownership();
     }
 
     fn environments_listed(&self, present: &BTreeSet<String>) {
@@ -288,5 +351,6 @@ impl WatchListener for Reporter {
             self.stop(&gone);
         }
         self.environments.set_synced();
+        self.settle_ownership();
     }
 }

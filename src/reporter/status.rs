@@ -3,7 +3,7 @@
 //!
 //! Conditions: Reporting (the last report attempt), Degraded (reporting stopped
 //! until something changes: invalid spec, rejected credentials, wrong environment
-//! type), Stale (no report accepted for two heartbeats) and Ready (all well).
+//! type, an older KosliEnvironment reporting the same Kosli environment), Stale (no report accepted for two heartbeats) and Ready (all well).
 //! `lastTransitionTime` moves only when a condition's status changes. Messages are
 //! never empty: some API servers read an empty string in a merge patch as null.
 
@@ -33,7 +33,16 @@ pub enum Outcome {
     InvalidSpec {
         message: String,
     },
+    /// An older KosliEnvironment names the same Kosli environment and reports
+    /// it; this one is not reported while that one exists.
+    NotOwner {
+        message: String,
+    },
 }
+
+/// The reason of the conditions of a KosliEnvironment that is not reported
+/// because an older one names the same Kosli environment.
+pub const DUPLICATE_REASON: &str = "DuplicateKosliEnvironment";
 
 impl Outcome {
     /// Classifies a failed report.
@@ -134,6 +143,7 @@ pub fn desired_conditions(
         Outcome::Transient { message } => (False, "KosliUnavailable", message.as_str()),
         Outcome::Permanent { reason, message } => (False, *reason, message.as_str()),
         Outcome::InvalidSpec { message } => (False, "InvalidSpec", message.as_str()),
+        Outcome::NotOwner { message } => (False, DUPLICATE_REASON, message.as_str()),
     };
     let reporting = c(
         Reporting,
@@ -144,6 +154,7 @@ pub fn desired_conditions(
     let degraded = match outcome {
         Outcome::Permanent { reason, message } => c(Degraded, True, reason, message),
         Outcome::InvalidSpec { message } => c(Degraded, True, "InvalidSpec", message),
+        Outcome::NotOwner { message } => c(Degraded, True, DUPLICATE_REASON, message),
         _ => c(Degraded, False, "AsExpected", "nothing stops reporting"),
     };
     let stale_condition = match stale {
@@ -268,6 +279,31 @@ mod tests {
         );
         assert_eq!(get(&cs, "Degraded").reason, "InvalidSpec");
         assert_eq!(get(&cs, "Ready").message, "spec.namespacesRegex: bad");
+    }
+
+    #[test]
+    fn a_duplicate_is_degraded_naming_its_owner() {
+        let message = "Kosli environment prod is reported by KosliEnvironment shop-a";
+        let cs = desired_conditions(
+            &Outcome::NotOwner {
+                message: message.into(),
+            },
+            None,
+            Some(1),
+            &t("2026-01-01T00:00:00Z"),
+        );
+        for (type_, status) in [
+            ("Degraded", "True"),
+            ("Ready", "False"),
+            ("Reporting", "False"),
+        ] {
+            let c = get(&cs, type_);
+            assert_eq!(
+                (c.status.as_str(), c.reason.as_str(), c.message.as_str()),
+                (status, DUPLICATE_REASON, message),
+                "{type_}"
+            );
+        }
     }
 
     #[test]

@@ -69,6 +69,7 @@ pub(super) struct Worker {
     believed_leading: bool,
     cancel: CancellationToken,
     machine: Machine,
+    token_changes: Option<watch::Receiver<u64>>,
     /// The body of the snapshot last built, until it is sent.
     body: Option<Vec<u8>>,
 }
@@ -80,6 +81,7 @@ fn machine_spec(env: &IndexedEnvironment) -> Spec {
         heartbeat: env.heartbeat(),
         auto_create: env.resource.spec.auto_create,
         invalid: env.selection.as_ref().err().cloned(),
+        ownership: env.ownership.clone(),
     }
 }
 
@@ -98,12 +100,14 @@ impl Worker {
             max_debounce: options.max_debounce,
             retry: options.retry,
             permanent_hold: options.permanent_hold,
+            permanent_retry: options.permanent_retry,
             dry_run: shared.kosli.is_none(),
         };
         let mut leader = leadership.watch();
         leader.borrow_and_update();
         let leading = leadership.is_leading();
         let machine = Machine::new(timing, machine_spec(&spec.borrow()), leading);
+        let token_changes = shared.token_changes();
         Self {
             shared,
             name,
@@ -114,6 +118,7 @@ impl Worker {
             believed_leading: leading,
             cancel,
             machine,
+            token_changes,
             body: None,
         }
     }
@@ -148,6 +153,7 @@ impl Worker {
                     Some(Input::Spec(machine_spec(&self.spec.borrow_and_update())))
                 }
                 () = self.notify.notified() => Some(Input::Changed),
+                () = super::token_changed(&mut self.token_changes) => Some(Input::CredentialsChanged),
                 () = tokio::time::sleep_until(wake_at.into()) => Some(Input::Tick),
             };
             if self.cancel.is_cancelled() {

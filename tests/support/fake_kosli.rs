@@ -129,6 +129,8 @@ pub struct State {
     pub hold_reports_via: BTreeMap<String, Duration>,
     /// Every stored report, in the order stored.
     pub landed: Vec<Landed>,
+    /// The one token accepted, once rotated away from `TOKEN`.
+    pub token: Option<String>,
 }
 
 pub struct FakeKosli {
@@ -248,6 +250,11 @@ impl FakeKosli {
             .entry(env.to_owned())
             .or_default()
             .extend(answers);
+    }
+
+    /// Rotates the API token: from now on only `token` is accepted.
+    pub fn set_token(&self, token: &str) {
+        self.state().token = Some(token.to_owned());
     }
 
     pub fn set_compliance(&self, env: &str, state: Option<bool>) {
@@ -379,11 +386,12 @@ fn route(state: &Arc<Mutex<State>>, req: &Recorded) -> Response<Full<Bytes>> {
         .headers
         .get(hyper::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    if auth != Some(&format!("Bearer {TOKEN}")) {
-        return message(401, "Invalid API token");
-    }
     let segments: Vec<&str> = req.path.trim_start_matches('/').split('/').collect();
     let mut state = state.lock().expect("state");
+    let accepted = state.token.as_deref().unwrap_or(TOKEN);
+    if auth != Some(&format!("Bearer {accepted}")) {
+        return message(401, "Invalid API token");
+    }
     match (req.method.as_str(), segments.as_slice()) {
         ("GET", ["api", "v2", "environments", org, env]) if *org == ORG => {
             match state.environments.get(*env) {

@@ -10,6 +10,7 @@ const DEBOUNCE: Duration = Duration::from_secs(1);
 const MAX_DEBOUNCE: Duration = Duration::from_secs(10);
 const HEARTBEAT: Duration = Duration::from_secs(300);
 const HOLD: Duration = Duration::from_secs(600);
+const PERMANENT_RETRY: Duration = Duration::from_secs(5);
 
 /// A machine and a clock that tests move by hand.
 struct Harness {
@@ -26,6 +27,7 @@ fn spec() -> Spec {
         heartbeat: HEARTBEAT,
         auto_create: false,
         invalid: None,
+        ownership: Ownership::Owner,
     }
 }
 
@@ -40,6 +42,7 @@ fn timing() -> Timing {
             max_retry_after: Duration::from_secs(300),
         },
         permanent_hold: HOLD,
+        permanent_retry: PERMANENT_RETRY,
         dry_run: false,
     }
 }
@@ -321,12 +324,216 @@ fn a_permanent_failure_holds_until_the_hold_ends() {
         h.condition("Degraded"),
         ("True".into(), "Unauthorized".into())
     );
-    // A pod change during the hold is not sent.
-    h.advance(Duration::from_secs(60));
-    h.step(Input::Changed);
-    assert!(h.tick_at_wake().is_empty(), "held");
+    // With nothing changed, the same request is not tried again before the hold ends.
     assert_eq!(h.machine.next_wake(), Some(failed_at + HOLD));
     assert_eq!(h.tick_at_wake(), vec![Effect::Build], "the hold ended");
+}
+
+#[test]
+fn a_pod_change_after_a_permanent_failure_tries_again_within_seconds() {
+    // Was: pod changes were ignored for the whole 600 s hold.
+    let mut h = Harness::new();
+    h.change_and_build("a");
+    let failed_at = h.at();
+    h.sent(Err(permanent("KosliRejectedReport", 400)));
+    h.advance(Duration::from_secs(1));
+    h.step(Input::Changed);
+    assert_eq!(
+        h.machine.next_wake(),
+        Some(failed_at + PERMANENT_RETRY),
+        "not before the hold's first backoff"
+    );
+    assert_eq!(h.tick_at_wake(), vec![Effect::Build]);
+    assert_eq!(h.step(Input::Built(Some(summary("b")))), vec![send()]);
+    // A change long after the backoff only waits for the debounce.
+    h.sent(Err(permanent("KosliRejectedReport", 400)));
+    h.advance(Duration::from_secs(60));
+    h.step(Input::Changed);
+    assert_eq!(h.machine.next_wake(), Some(h.at() + DEBOUNCE));
+    assert_eq!(h.tick_at_wake(), vec![Effect::Build]);
+}
+
+#[test]
+fn repeated_rejections_back_off_exponentially_up_to_the_hold() {
+    // A spec Kosli keeps rejecting, with pods changing all the time: attempts
+    // spread out, doubling from 5 s, never more often, capped at the hold.
+    let mut h = Harness::new();
+    h.change_and_build("a");
+    let mut waits = Vec::new();
+    for _ in 0..10 {
+        let failed_at = h.at();
+        h.sent(Err(permanent("KosliRejectedReport", 400)));
+        // Pod churn: a change right away and every second after.
+        h.step(Input::Changed);
+        loop {
+            let wake = h.machine.next_wake().unwrap();
+            if wake <= h.at() + Duration::from_secs(1) {
+                break;
+            }
+            h.advance(Duration::from_secs(1));
+            h.step(Input::Changed);
+        }
+        assert_eq!(h.tick_at_wake(), vec![Effect::Build]);
+        waits.push((h.at() - failed_at).as_secs());
+        assert_eq!(h.step(Input::Built(Some(summary("a")))), vec![send()]);
+    }
+    assert_eq!(waits, vec![5, 10, 20, 40, 80, 160, 320, 600, 600, 600]);
+    // A success resets the backoff.
+    h.sent(Ok(()));
+    h.step(Input::Compliance(None));
+    h.change_and_build("b");
+    let failed_at = h.at();
+    h.sent(Err(permanent("KosliRejectedReport", 400)));
+    h.step(Input::Changed);
+    assert_eq!(h.machine.next_wake(), Some(failed_at + PERMANENT_RETRY));
+}
+
+#[test]
+fn a_new_token_ends_a_permanent_hold_at_once() {
+    let mut h = Harness::new();
+    h.change_and_build("a");
+    h.sent(Err(permanent("Unauthorized", 401)));
+    h.advance(Duration::from_millis(300));
+    assert_eq!(h.step(Input::CredentialsChanged), vec![Effect::Build]);
+    assert_eq!(
+        h.step(Input::Built(Some(summary("a")))),
+        vec![send()],
+        "Kosli never accepted it: the same snapshot is sent"
+    );
+    let effects = h.sent(Ok(()));
+    assert_eq!(
+        events(&effects),
+        vec![(EventType::Normal, "ReportRecovered")]
+    );
+    assert_eq!(
+        h.condition("Degraded"),
+        ("False".into(), "AsExpected".into())
+    );
+}
+
+#[test]
+fn a_new_token_changes_nothing_else() {
+    let mut h = Harness::new();
+    h.first_report("a");
+    assert!(
+        h.step(Input::CredentialsChanged).is_empty(),
+        "nothing held: nothing to retry"
+    );
+    h.change_and_build("b");
+    h.sent(Err(transient("HTTP 503", None)));
+    assert!(
+        h.step(Input::CredentialsChanged).is_empty(),
+        "a transient failure keeps its backoff"
+    );
+    let invalid = Spec {
+        generation: Some(2),
+        invalid: Some(InvalidSpec {
+            message: "spec.namespacesRegex: bad".to_owned(),
+        }),
+        ..spec()
+    };
+    h.step(Input::Spec(invalid));
+    assert!(
+        h.step(Input::CredentialsChanged).is_empty(),
+        "no token fixes an invalid spec"
+    );
+}
+
+fn owned_by(owner: &str) -> Spec {
+    Spec {
+        ownership: Ownership::OwnedBy(owner.to_owned()),
+        ..spec()
+    }
+}
+
+#[test]
+fn a_shadowed_environment_is_degraded_naming_its_owner_and_never_built() {
+    let mut h = Harness::with(timing(), owned_by("shop-a"));
+    h.step(Input::Changed);
+    let effects = h.tick_at_wake();
+    let message = "Kosli environment prod is reported by KosliEnvironment shop-a, the oldest naming it; \
+                   this one is not reported while shop-a exists";
+    assert_eq!(
+        effects,
+        vec![
+            Effect::Event {
+                type_: EventType::Warning,
+                reason: "DuplicateKosliEnvironment",
+                message: message.to_owned(),
+            },
+            Effect::WriteStatus
+        ]
+    );
+    assert_eq!(
+        h.condition("Degraded"),
+        ("True".into(), "DuplicateKosliEnvironment".into())
+    );
+    assert_eq!(h.condition("Ready").0, "False");
+    // Later changes: no Build, no second Event, no timers.
+    h.step(Input::Changed);
+    assert_eq!(h.tick_at_wake(), vec![Effect::WriteStatus]);
+    assert_eq!(h.machine.next_wake(), None);
+    assert_eq!(h.step(Input::Leadership(true)), vec![Effect::WriteStatus]);
+}
+
+#[test]
+fn an_environment_that_becomes_the_owner_reports_at_once() {
+    let mut h = Harness::with(timing(), owned_by("shop-a"));
+    h.step(Input::Changed);
+    h.tick_at_wake();
+    h.advance(Duration::from_secs(30));
+    let effects = h.step(Input::Spec(spec()));
+    assert_eq!(
+        events(&effects),
+        vec![(EventType::Normal, "KosliEnvironmentTakenOver")]
+    );
+    assert_eq!(effects.last(), Some(&Effect::Build), "{effects:?}");
+    assert_eq!(h.step(Input::Built(Some(summary("a")))), vec![send()]);
+    let effects = h.sent(Ok(()));
+    assert!(
+        events(&effects).is_empty(),
+        "taking over is no recovery: {effects:?}"
+    );
+    assert_eq!(
+        h.condition("Degraded"),
+        ("False".into(), "AsExpected".into())
+    );
+}
+
+#[test]
+fn losing_ownership_stops_heartbeats_and_regaining_it_reports_afresh() {
+    let mut h = Harness::new();
+    h.first_report("a");
+    assert!(h.machine.next_wake().is_some(), "a heartbeat is due later");
+    let effects = h.step(Input::Spec(owned_by("older")));
+    assert_eq!(
+        events(&effects),
+        vec![(EventType::Warning, "DuplicateKosliEnvironment")]
+    );
+    assert_eq!(
+        h.machine.next_wake(),
+        None,
+        "no heartbeat for a shadowed environment"
+    );
+    h.step(Input::Spec(spec()));
+    assert_eq!(
+        h.step(Input::Built(Some(summary("a")))),
+        vec![send()],
+        "the owner reported meanwhile: the same hash is sent again"
+    );
+}
+
+#[test]
+fn nothing_is_done_while_ownership_is_unsettled() {
+    let unsettled = Spec {
+        ownership: Ownership::Unsettled,
+        ..spec()
+    };
+    let mut h = Harness::with(timing(), unsettled);
+    h.step(Input::Changed);
+    assert!(h.tick_at_wake().is_empty());
+    assert_eq!(h.machine.next_wake(), None);
+    assert_eq!(h.step(Input::Spec(spec())), vec![Effect::Build]);
 }
 
 #[test]
