@@ -243,6 +243,12 @@ impl ClusterState {
         relist
     }
 
+    /// Whether a pod list decoded under label-key `generation` is complete:
+    /// not when a selector has since needed a key it lacks.
+    pub fn lists_complete_at(&self, generation: u64) -> bool {
+        generation == self.label_generation
+    }
+
     /// Why the view a report would be built from is not current: a pod store,
     /// or the namespace labels when `namespace_labels` are needed, is stale.
     pub fn stale_view(&self, namespace_labels: bool) -> Option<StaleView> {

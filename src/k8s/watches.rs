@@ -108,6 +108,13 @@ impl View {
             View::Namespaces => Some(&mut state.namespaces.health),
         }
     }
+
+    fn health_now(&self, state: &ClusterState) -> Option<WatchHealth> {
+        match self {
+            View::Pods(scope) => state.pod_scopes.get(scope).map(|s| s.health),
+            View::Namespaces => Some(state.namespaces.health),
+        }
+    }
 }
 
 /// What a watch task does next.
@@ -147,7 +154,7 @@ async fn next_step<K>(
     let resource = view.resource();
     loop {
         let stale_at = view
-            .health(&mut ctx.state.write())
+            .health_now(&ctx.state.read())
             .and_then(|h| h.stale_due(ctx.stale_view_after));
         let relist = async {
             match relists.as_deref_mut() {
@@ -236,7 +243,7 @@ pub async fn watch_pods(ctx: Arc<Watches>, namespace: Option<String>) {
         let (changes, listed) = {
             let mut state = ctx.state.write();
             let keys = state.label_keys();
-            let current = state.label_generation == generation;
+            let current = state.lists_complete_at(generation);
             let Some(store) = state.pod_scopes.get_mut(&scope) else {
                 return;
             };
