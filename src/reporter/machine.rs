@@ -292,7 +292,7 @@ impl Machine {
                         type_: EventType::Warning,
                         reason: "ViewStale",
                         message: format!(
-                            "{reason} (stale for {failing} s); nothing is reported until it is"
+                            "{reason} (stale for {failing} s); nothing is reported until then"
                         ),
                     });
                 }
