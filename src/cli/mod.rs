@@ -221,8 +221,15 @@ pub struct RunArgs {
 
     /// Watch pods only in these namespaces (comma-separated) instead of cluster-wide;
     /// KosliEnvironments must then list their namespaces in spec.namespaces.
+    /// A namespace named twice is watched once; an empty name is refused.
     #[arg(long, value_delimiter = ',')]
     pub watch_namespaces: Vec<String>,
+
+    /// A pod or namespace watch failing this long makes its view stale: no
+    /// report (heartbeats included) is sent from it, status turns Stale, and
+    /// it is listed afresh. Watch calls are renewed at least this often.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub stale_view_after: Duration,
 
     /// Log each body that would be sent, and send nothing.
     #[arg(short = 'D', long, env = "KOSLI_DRY_RUN")]
@@ -245,6 +252,41 @@ pub struct RunArgs {
 
     #[command(flatten)]
     pub kosli: KosliArgs,
+}
+
+impl RunArgs {
+    /// The pod watch scopes: `None` for one cluster-wide watch, else each
+    /// namespace once. An empty name (which would mean all namespaces beside
+    /// named ones: overlapping watches) or an invalid one is a usage error.
+    pub fn watch_scopes(&self) -> Result<Vec<Option<String>>> {
+        if self.watch_namespaces.is_empty() {
+            return Ok(vec![None]);
+        }
+        let mut scopes = std::collections::BTreeSet::new();
+        for name in &self.watch_namespaces {
+            let name = name.trim();
+            if !is_namespace_name(name) {
+                return Err(crate::error::Error::Config(format!(
+                    "--watch-namespaces: {name:?} is not a namespace name (lowercase letters, digits and '-', at most 63); \
+                     leave the flag out to watch all namespaces"
+                )));
+            }
+            scopes.insert(name.to_owned());
+        }
+        Ok(scopes.into_iter().map(Some).collect())
+    }
+}
+
+/// A DNS-1123 label, as namespace names are.
+fn is_namespace_name(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= 63
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+        && bytes.first() != Some(&b'-')
+        && bytes.last() != Some(&b'-')
 }
 
 /// The admission gate: served only when --webhook-addr is given.
@@ -433,6 +475,46 @@ mod tests {
             assert_eq!(args.gate.webhook_max_connections, 256);
             assert_eq!(args.gate.webhook_client_ca, None);
         }
+    }
+
+    fn run_args(extra: &[&str]) -> RunArgs {
+        let cli = Cli::parse_from(["kosli-operator", "run"].iter().chain(extra));
+        let Command::Run(args) = cli.command else {
+            panic!("not run")
+        };
+        *args
+    }
+
+    #[test]
+    fn watch_scopes_are_each_namespace_once() {
+        assert_eq!(run_args(&[]).watch_scopes().unwrap(), vec![None]);
+        let scopes = run_args(&["--watch-namespaces", "b,a,b, a"])
+            .watch_scopes()
+            .unwrap();
+        assert_eq!(scopes, vec![Some("a".to_owned()), Some("b".to_owned())]);
+    }
+
+    #[test]
+    fn overlapping_or_invalid_watch_scopes_are_usage_errors() {
+        for flag in ["a,", ",a", "", "a,*", "A", "a_b", "a-"] {
+            let err = run_args(&[&format!("--watch-namespaces={flag}")])
+                .watch_scopes()
+                .unwrap_err();
+            assert!(err.is_usage(), "{flag:?}: {err}");
+            assert!(
+                err.to_string().contains("--watch-namespaces"),
+                "{flag:?}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn views_turn_stale_after_a_minute_by_default() {
+        assert_eq!(run_args(&[]).stale_view_after, Duration::from_secs(60));
+        assert_eq!(
+            run_args(&["--stale-view-after", "3s"]).stale_view_after,
+            Duration::from_secs(3)
+        );
     }
 
     #[test]

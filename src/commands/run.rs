@@ -66,6 +66,8 @@ fn identity() -> String {
 }
 
 async fn start(args: RunArgs) -> Result<()> {
+    // One watch per scope: two into one store would clobber each other's lists.
+    let scopes = args.watch_scopes()?;
     let shutdown = CancellationToken::new();
     on_signals(shutdown.clone())?;
     let metrics = Arc::new(Metrics::new().map_err(Error::Metrics)?);
@@ -103,12 +105,7 @@ async fn start(args: RunArgs) -> Result<()> {
     };
     mirror_leadership(leadership.watch(), metrics.clone());
 
-    let watch_namespaces =
-        (!args.watch_namespaces.is_empty()).then(|| args.watch_namespaces.clone());
-    let scopes: Vec<Option<String>> = match &watch_namespaces {
-        Some(list) => list.iter().cloned().map(Some).collect(),
-        None => vec![None],
-    };
+    let watch_namespaces: Option<Vec<String>> = scopes.iter().cloned().collect();
     let options = ReporterOptions {
         debounce: args.debounce,
         max_debounce: args.max_debounce.max(args.debounce),
@@ -167,6 +164,8 @@ async fn start(args: RunArgs) -> Result<()> {
         shutdown: shutdown.clone(),
         environment_selector: args.environment_selector.clone(),
         listener: reporter.clone(),
+        stale_view_after: args.stale_view_after,
+        label_keys: watch::channel(0).0,
     });
     let mut tasks = vec![
         tokio::spawn(crate::k8s::watches::watch_environments(watches.clone())),

@@ -3,8 +3,12 @@
 //! Whole `Pod` objects cost tens of kilobytes each in memory; this keeps names,
 //! labels, phase, creation time, owners and, per reportable container, its status
 //! image, imageID and spec image.
+//!
+//! Labels are kept only as far as some selector needs them (the keys any pod
+//! selector names): the report carries no labels, so a pod's memory does not
+//! grow with labels nobody selects on.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::core::v1::{Container, ContainerStatus, Pod};
 use serde::Serialize;
@@ -71,11 +75,33 @@ impl ContainerRecord {
     }
 }
 
+/// The pod label keys some selector uses.
+pub type LabelKeys = BTreeSet<String>;
+
+/// The label keys a pod selector reads (`matchLabels` and `matchExpressions`).
+pub fn selector_keys(
+    selector: &k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector,
+) -> impl Iterator<Item = &str> {
+    let labels = selector
+        .match_labels
+        .iter()
+        .flatten()
+        .map(|(k, _)| k.as_str());
+    let expressions = selector
+        .match_expressions
+        .iter()
+        .flatten()
+        .map(|e| e.key.as_str());
+    labels.chain(expressions)
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PodRecord {
     pub namespace: String,
     pub name: String,
     pub uid: String,
+    /// The pod's labels whose keys a selector uses (all of them when decoded
+    /// with [`From`], as the one-shot `snapshot` command does).
     pub labels: BTreeMap<String, String>,
     /// `status.phase`, empty when the kubelet has not set it.
     pub phase: String,
@@ -122,7 +148,16 @@ fn records(
 }
 
 impl From<&Pod> for PodRecord {
+    /// The record with every label.
     fn from(pod: &Pod) -> Self {
+        Self::decode(pod, None)
+    }
+}
+
+impl PodRecord {
+    /// The record of `pod`, keeping only the labels whose keys are in
+    /// `label_keys` (`None`: all of them).
+    pub fn decode(pod: &Pod, label_keys: Option<&LabelKeys>) -> Self {
         let meta = &pod.metadata;
         let spec = pod.spec.as_ref();
         let status = pod.status.as_ref();
@@ -169,7 +204,15 @@ impl From<&Pod> for PodRecord {
             namespace: meta.namespace.clone().unwrap_or_default(),
             name: meta.name.clone().unwrap_or_default(),
             uid: meta.uid.clone().unwrap_or_default(),
-            labels: meta.labels.clone().unwrap_or_default(),
+            labels: match (label_keys, &meta.labels) {
+                (_, None) => BTreeMap::new(),
+                (None, Some(labels)) => labels.clone(),
+                (Some(keys), Some(labels)) => labels
+                    .iter()
+                    .filter(|(k, _)| keys.contains(*k))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+            },
             phase: status.and_then(|s| s.phase.clone()).unwrap_or_default(),
             created: meta.creation_timestamp.as_ref().map(|t| t.0.as_second()),
             owners: meta
@@ -187,5 +230,68 @@ impl From<&Pod> for PodRecord {
                 .collect(),
             containers,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The heap bytes a record holds in strings, labels included.
+    fn heap_bytes(record: &PodRecord) -> usize {
+        let labels: usize = record
+            .labels
+            .iter()
+            .map(|(k, v)| k.capacity() + v.capacity())
+            .sum();
+        record.namespace.capacity() + record.name.capacity() + record.uid.capacity() + labels
+    }
+
+    fn pod(labels: &BTreeMap<String, String>) -> Pod {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web-1", "namespace": "shop", "uid": "u", "labels": labels},
+            "spec": {"containers": [{"name": "web", "image": "nginx:1.27"}]},
+            "status": {"phase": "Running", "containerStatuses": [{
+                "name": "web", "image": "nginx:1.27", "ready": true, "restartCount": 0,
+                "imageID": format!("docker.io/library/nginx@sha256:{}", "1".repeat(64)),
+            }]},
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn labels_no_selector_uses_cost_nothing() {
+        let selected: BTreeMap<String, String> = [("app".to_owned(), "web".to_owned())].into();
+        let mut large = selected.clone();
+        for i in 0..500 {
+            large.insert(
+                format!("example.com/unused-{i:03}-{}", "k".repeat(40)),
+                "v".repeat(63),
+            );
+        }
+        let keys: LabelKeys = ["app".to_owned(), "tier".to_owned()].into();
+        let small_record = PodRecord::decode(&pod(&selected), Some(&keys));
+        let large_record = PodRecord::decode(&pod(&large), Some(&keys));
+        assert_eq!(large_record.labels, selected, "only the keys selectors use");
+        assert_eq!(heap_bytes(&large_record), heap_bytes(&small_record));
+        assert_eq!(large_record, small_record);
+
+        // Kept whole (the one-shot `snapshot` decodes so), they would weigh
+        // ~60 KB per pod: what the store used to hold for every pod.
+        let whole = PodRecord::from(&pod(&large));
+        assert_eq!(whole.labels, large);
+        assert!(heap_bytes(&whole) > heap_bytes(&small_record) + 50_000);
+    }
+
+    #[test]
+    fn selector_keys_cover_match_labels_and_expressions() {
+        let selector: k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector =
+            serde_json::from_value(serde_json::json!({
+                "matchLabels": {"app": "web"},
+                "matchExpressions": [{"key": "tier", "operator": "NotIn", "values": ["db"]}],
+            }))
+            .unwrap();
+        let keys: Vec<&str> = selector_keys(&selector).collect();
+        assert_eq!(keys, ["app", "tier"]);
     }
 }

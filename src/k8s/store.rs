@@ -4,10 +4,17 @@
 //! A watch that (re)starts lists everything again; its objects are buffered and
 //! swapped in whole when the list is done, so a half-listed store is never read.
 //! Until then the watch counts as unsynced and nothing is reported from it.
+//!
+//! Each pod store has exactly one feeding watch (see [`ClusterState::claim`]):
+//! two watches sharing one buffer would each swap in the other's partial list.
+//! A watch that keeps failing after it synced does not pass its old view off as
+//! current: it is marked stale (see [`Watched::failing`]) until a re-list ends.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Instant;
 
-use crate::core::pod::PodRecord;
+use crate::core::pod::{LabelKeys, PodRecord};
 
 /// (namespace, name)
 pub type PodKey = (String, String);
@@ -19,6 +26,54 @@ pub struct Watched<K, V> {
     items: HashMap<K, V>,
     relist: Option<HashMap<K, V>>,
     synced: bool,
+    /// Whether a watch task feeds this store (at most one may).
+    claimed: bool,
+    pub health: WatchHealth,
+}
+
+/// Whether the watch feeding a store keeps its view current.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WatchHealth {
+    /// Since when the watch has been failing without a successful event.
+    failing_since: Option<Instant>,
+    /// The watch failed for too long: the view may be behind the cluster.
+    /// Cleared only by a completed re-list.
+    stale_since: Option<Instant>,
+}
+
+impl WatchHealth {
+    /// The watch failed at `now`.
+    pub fn failing(&mut self, now: Instant) {
+        self.failing_since.get_or_insert(now);
+    }
+
+    /// The watch answered: whatever failed before has recovered (a stale view
+    /// stays stale: only a completed list makes it current again).
+    pub fn answered(&mut self) {
+        self.failing_since = None;
+    }
+
+    /// When the view turns stale if the watch keeps failing: `bound` after
+    /// the failures began; `None` while it works or once stale.
+    pub fn stale_due(&self, bound: std::time::Duration) -> Option<Instant> {
+        match self.stale_since {
+            Some(_) => None,
+            None => self.failing_since.map(|since| since + bound),
+        }
+    }
+
+    /// The watch has failed for longer than the bound.
+    pub fn mark_stale(&mut self, now: Instant) {
+        self.stale_since.get_or_insert(now);
+    }
+
+    pub fn stale_since(&self) -> Option<Instant> {
+        self.stale_since
+    }
+
+    fn listed(&mut self) {
+        *self = Self::default();
+    }
 }
 
 impl<K, V> Default for Watched<K, V> {
@@ -27,7 +82,17 @@ impl<K, V> Default for Watched<K, V> {
             items: HashMap::new(),
             relist: None,
             synced: false,
+            claimed: false,
+            health: WatchHealth::default(),
         }
+    }
+}
+
+impl<K, V> Watched<K, V> {
+    /// What is held must be listed again before it is complete (e.g. pods
+    /// decoded without labels a selector now needs): unsynced until then.
+    pub fn invalidate(&mut self) {
+        self.synced = false;
     }
 }
 
@@ -86,6 +151,7 @@ impl<K: std::hash::Hash + Eq + Clone, V: PartialEq + Clone> Watched<K, V> {
         let fresh = self.relist.take().unwrap_or_default();
         let old = std::mem::replace(&mut self.items, fresh);
         self.synced = true;
+        self.health.listed();
         let mut changes: Vec<Change<V>> = Vec::new();
         for (key, value) in &self.items {
             match old.get(key) {
@@ -108,10 +174,24 @@ pub struct ClusterState {
     /// One pod store per pod watch: `None` for the cluster-wide watch, else a namespace.
     pub pod_scopes: BTreeMap<Option<String>, Watched<PodKey, PodRecord>>,
     pub namespaces: Watched<String, Labels>,
+    /// The pod label keys some pod selector uses: the only labels kept.
+    /// `None` until the KosliEnvironments are listed (pods are listed after).
+    pub label_keys: Option<Arc<LabelKeys>>,
+    /// Bumped whenever pods must be listed again for new label keys: a list
+    /// decoded under an older generation is not complete.
+    pub label_generation: u64,
+}
+
+/// Why a view cannot be reported as current.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StaleView {
+    pub since: Instant,
+    pub reason: String,
 }
 
 impl ClusterState {
-    /// A state for pod watches on these scopes (`None`: cluster-wide).
+    /// A state for pod watches on these scopes (`None`: cluster-wide); a scope
+    /// named twice is one scope.
     pub fn new(scopes: impl IntoIterator<Item = Option<String>>) -> Self {
         Self {
             pod_scopes: scopes
@@ -119,7 +199,83 @@ impl ClusterState {
                 .map(|s| (s, Watched::default()))
                 .collect(),
             namespaces: Watched::default(),
+            label_keys: None,
+            label_generation: 0,
         }
+    }
+
+    /// A watch task takes the pod store of `scope` for itself: `false` when
+    /// there is none or another watch already feeds it.
+    pub fn claim(&mut self, scope: &Option<String>) -> bool {
+        match self.pod_scopes.get_mut(scope) {
+            Some(store) if !store.claimed => {
+                store.claimed = true;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The label keys pod records keep, once known.
+    pub fn label_keys(&self) -> Option<Arc<LabelKeys>> {
+        self.label_keys.clone()
+    }
+
+    /// Sets the label keys pods are decoded with. Returns whether pods must be
+    /// listed again: a key was added that records decoded before lack (every
+    /// pod store is then unsynced at once, before anyone acts on the new keys).
+    pub fn set_label_keys(&mut self, keys: LabelKeys) -> bool {
+        let relist = match &self.label_keys {
+            None => {
+                self.label_generation = 1;
+                false
+            }
+            Some(old) if **old == keys => return false,
+            Some(old) => !keys.is_subset(old),
+        };
+        if relist {
+            self.label_generation += 1;
+            for store in self.pod_scopes.values_mut() {
+                store.invalidate();
+            }
+        }
+        self.label_keys = Some(Arc::new(keys));
+        relist
+    }
+
+    /// Whether a pod list decoded under label-key `generation` is complete:
+    /// not when a selector has since needed a key it lacks.
+    pub fn lists_complete_at(&self, generation: u64) -> bool {
+        generation == self.label_generation
+    }
+
+    /// Why the view a report would be built from is not current: a pod store,
+    /// or the namespace labels when `namespace_labels` are needed, is stale.
+    pub fn stale_view(&self, namespace_labels: bool) -> Option<StaleView> {
+        let pods = self
+            .pod_scopes
+            .iter()
+            .filter_map(|(scope, store)| Some((store.health.stale_since()?, scope)))
+            .min();
+        if let Some((since, scope)) = pods {
+            let watch = match scope {
+                Some(namespace) => format!("the pod watch of namespace {namespace}"),
+                None => "the pod watch".to_owned(),
+            };
+            return Some(StaleView {
+                since,
+                reason: format!("{watch} is failing; the view is not current until it lists again"),
+            });
+        }
+        let since = self
+            .namespaces
+            .health
+            .stale_since()
+            .filter(|_| namespace_labels)?;
+        Some(StaleView {
+            since,
+            reason: "the namespace watch is failing; namespace labels are not current until it lists again".to_owned(),
+        })
     }
 
     /// Every pod watch has a complete view.
@@ -171,6 +327,153 @@ mod tests {
 
     fn w() -> Watched<&'static str, i32> {
         Watched::default()
+    }
+
+    fn keys(names: &[&str]) -> LabelKeys {
+        names.iter().map(|k| (*k).to_owned()).collect()
+    }
+
+    fn listed(store: &mut Watched<PodKey, PodRecord>) {
+        store.relist_started();
+        store.relist_done();
+    }
+
+    #[test]
+    fn a_scope_named_twice_is_one_store_fed_by_one_watch() {
+        let a = || Some("a".to_owned());
+        let mut state = ClusterState::new([a(), a(), Some("b".to_owned())]);
+        assert_eq!(state.pod_scopes.len(), 2);
+        assert!(state.claim(&a()));
+        assert!(!state.claim(&a()), "a second watch into the same store");
+        assert!(state.claim(&Some("b".to_owned())));
+        assert!(!state.claim(&None), "no such store");
+    }
+
+    #[test]
+    fn a_relist_of_one_scope_leaves_the_others_whole() {
+        let (a, b) = (Some("a".to_owned()), Some("b".to_owned()));
+        let mut state = ClusterState::new([a.clone(), b.clone()]);
+        let record = |ns: &str, name: &str| PodRecord {
+            namespace: ns.to_owned(),
+            name: name.to_owned(),
+            uid: String::new(),
+            labels: Labels::new(),
+            phase: "Running".to_owned(),
+            created: None,
+            owners: Vec::new(),
+            containers: Vec::new(),
+        };
+        for (scope, ns) in [(&a, "a"), (&b, "b")] {
+            let store = state.pod_scopes.get_mut(scope).unwrap();
+            store.relist_started();
+            for i in 0..300 {
+                let r = record(ns, &format!("p{i}"));
+                store.relisted(pod_key(&r), r);
+            }
+            store.relist_done();
+        }
+        // `a` re-lists: `b` keeps its view and its sync while `a`'s list is buffered.
+        let store_a = state.pod_scopes.get_mut(&a).unwrap();
+        store_a.relist_started();
+        let r = record("a", "p0");
+        store_a.relisted(pod_key(&r), r);
+        assert_eq!(state.pod_scopes[&b].len(), 300);
+        assert!(state.pod_scopes[&b].is_synced());
+        assert!(!state.pods_synced());
+        assert_eq!(
+            state.pod_count(),
+            600,
+            "the old view of `a` stays whole meanwhile"
+        );
+    }
+
+    #[test]
+    fn a_new_label_key_unsyncs_every_pod_store_at_once() {
+        let mut state = ClusterState::new([None]);
+        assert_eq!(state.label_keys(), None);
+        assert!(
+            !state.set_label_keys(keys(&["app"])),
+            "the first keys: nothing listed yet"
+        );
+        assert_eq!(state.label_generation, 1);
+        listed(state.pod_scopes.get_mut(&None).unwrap());
+        assert!(state.pods_synced());
+
+        assert!(!state.set_label_keys(keys(&["app"])));
+        assert!(
+            !state.set_label_keys(keys(&[])),
+            "fewer keys: records hold a surplus only"
+        );
+        assert!(state.pods_synced());
+        assert_eq!(state.label_generation, 1);
+        assert_eq!(state.label_keys().as_deref(), Some(&keys(&[])));
+
+        assert!(
+            state.set_label_keys(keys(&["app"])),
+            "a key records may lack"
+        );
+        assert!(
+            !state.pods_synced(),
+            "unsynced before anyone reads with the new key"
+        );
+        assert_eq!(state.label_generation, 2);
+        listed(state.pod_scopes.get_mut(&None).unwrap());
+        assert!(state.pods_synced());
+    }
+
+    #[test]
+    fn a_watch_failing_past_the_bound_is_stale_until_it_lists_again() {
+        let bound = std::time::Duration::from_secs(60);
+        let t0 = Instant::now();
+        let mut state = ClusterState::new([None]);
+        let store = state.pod_scopes.get_mut(&None).unwrap();
+        listed(store);
+        assert_eq!(store.health.stale_due(bound), None);
+        store.health.failing(t0);
+        store.health.failing(t0 + bound / 2);
+        assert_eq!(
+            store.health.stale_due(bound),
+            Some(t0 + bound),
+            "from the first failure"
+        );
+        store.health.answered();
+        assert_eq!(store.health.stale_due(bound), None, "it recovered in time");
+
+        store.health.failing(t0);
+        store.health.mark_stale(t0 + bound);
+        store.health.answered();
+        assert_eq!(
+            store.health.stale_since(),
+            Some(t0 + bound),
+            "an answer is not a list"
+        );
+        assert_eq!(store.health.stale_due(bound), None, "stale once, not again");
+        assert!(store.is_synced(), "the old view stays readable");
+        let stale = state.stale_view(false).unwrap();
+        assert_eq!(stale.since, t0 + bound);
+        assert!(
+            stale.reason.contains("pod watch is failing"),
+            "{}",
+            stale.reason
+        );
+
+        listed(state.pod_scopes.get_mut(&None).unwrap());
+        assert_eq!(state.stale_view(false), None);
+    }
+
+    #[test]
+    fn stale_namespace_labels_matter_only_to_namespace_selectors() {
+        let mut state = ClusterState::new([None]);
+        state.namespaces.health.failing(Instant::now());
+        state.namespaces.health.mark_stale(Instant::now());
+        assert_eq!(state.stale_view(false), None);
+        assert!(
+            state
+                .stale_view(true)
+                .unwrap()
+                .reason
+                .contains("namespace watch")
+        );
     }
 
     #[test]

@@ -24,6 +24,9 @@ pub struct Metrics {
     /// Restarts of a watch (a re-list), by resource.
     pub watch_restarts: IntCounterVec,
     pub watch_errors: IntCounterVec,
+    /// Stores whose watch failed past `--stale-view-after`, by resource
+    /// (`pods`, `namespaces`): their views are not reported as current.
+    pub watch_stale: IntGaugeVec,
     pub store_pods: IntGauge,
     pub store_namespaces: IntGauge,
     pub leader: IntGauge,
@@ -109,7 +112,20 @@ impl Metrics {
             &["backend"],
         )?;
         registry.register(Box::new(lookup_seconds.clone()))?;
+        let watch_stale = IntGaugeVec::new(
+            Opts::new(
+                "watch_stale",
+                "Stores whose watch has failed too long to count as current, by resource.",
+            )
+            .namespace("kosli_operator"),
+            &["resource"],
+        )?;
+        registry.register(Box::new(watch_stale.clone()))?;
+        for resource in ["pods", "namespaces"] {
+            watch_stale.with_label_values(&[resource]).set(0);
+        }
         Ok(Self {
+            watch_stale,
             reviews: counter(
                 &registry,
                 "admission_reviews_total",
@@ -265,6 +281,8 @@ mod tests {
             "kosli_operator_kosli_retries_total{status=\"503\"} 1",
             "kosli_operator_kosli_request_duration_seconds_count{operation=\"report\"} 1",
             "kosli_operator_seconds_since_last_report{environment=\"prod\"}",
+            "kosli_operator_watch_stale{resource=\"pods\"} 0",
+            "kosli_operator_watch_stale{resource=\"namespaces\"} 0",
         ] {
             assert!(text.contains(needle), "missing {needle}:\n{text}");
         }

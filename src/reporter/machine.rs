@@ -24,6 +24,9 @@
 //!   environment) is not reported and says why; it reports at once when it
 //!   becomes the owner.
 //! - **Stale**: no report accepted for two heartbeats marks the status Stale.
+//! - **Frozen view**: while a watch the environment depends on has failed for
+//!   too long ([`Input::ViewStale`]), nothing is sent, heartbeats included, and
+//!   the status is Stale; the next complete build reports afresh.
 //! - **Only the leader** acts; a new term reports and writes status afresh.
 //! - **Events**: each kind of trouble is recorded when it starts, not again
 //!   while it lasts; a recovery is recorded once.
@@ -143,6 +146,10 @@ pub enum Input {
     /// The snapshot asked for by [`Effect::Build`]: `None` while a watch's view is
     /// incomplete (nothing is reported from a partial view).
     Built(Option<Summary>),
+    /// Answers [`Effect::Build`] instead of [`Input::Built`] when a watch the
+    /// environment depends on has failed for too long: its view may be behind
+    /// the cluster, so it is neither sent nor passed off as current.
+    ViewStale { since: Instant, reason: String },
     /// The outcome of [`Effect::Send`]; `ensured` once the environment is known
     /// to exist in Kosli.
     Sent {
@@ -217,6 +224,8 @@ pub struct Machine {
     kosli_url: Option<String>,
     last_error: Option<KosliErrorStatus>,
     written: Option<KosliEnvironmentStatus>,
+    /// Why the view is not current, since the last build found it so.
+    view_stale: Option<String>,
     rng: fastrand::Rng,
 }
 
@@ -245,6 +254,7 @@ impl Machine {
             kosli_url: None,
             last_error: None,
             written: None,
+            view_stale: None,
             rng: fastrand::Rng::new(),
         }
     }
@@ -326,7 +336,26 @@ impl Machine {
                 _ => self.attempt(now),
             },
             Input::Built(None) => Vec::new(),
-            Input::Built(Some(summary)) => self.built(summary, now),
+            Input::Built(Some(summary)) => {
+                self.view_stale = None;
+                self.built(summary, now)
+            }
+            Input::ViewStale { since, reason } => {
+                let mut effects = Vec::new();
+                if self.view_stale.is_none() {
+                    let failing = now.at.saturating_duration_since(since).as_secs();
+                    effects.push(Effect::Event {
+                        type_: EventType::Warning,
+                        reason: "ViewStale",
+                        message: format!(
+                            "{reason} (stale for {failing} s); nothing is reported until then"
+                        ),
+                    });
+                }
+                self.view_stale = Some(reason);
+                effects.push(Effect::WriteStatus);
+                effects
+            }
             Input::Sent { ensured, result } => {
                 self.ensured |= ensured;
                 match result {
@@ -572,6 +601,9 @@ impl Machine {
     }
 
     fn stale_message(&self, now: Instant) -> Option<String> {
+        if let Some(reason) = &self.view_stale {
+            return Some(reason.clone());
+        }
         let (_, at) = self.last_sent.as_ref()?;
         let heartbeat = self.spec.heartbeat;
         let elapsed = now.saturating_duration_since(*at);

@@ -290,6 +290,11 @@ impl WatchListener for Reporter {
         self.notify_all();
     }
 
+    /// Every environment re-checks, so none heartbeats a view no longer current.
+    fn view_stale(&self) {
+        self.notify_all();
+    }
+
     fn environment_applied(&self, env: KosliEnvironment) {
         match self.environments.apply(env) {
             Applied::Unchanged => {}

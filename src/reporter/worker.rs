@@ -198,7 +198,7 @@ impl Worker {
                 continue;
             }
             let next = match effect {
-                Effect::Build => Some(Input::Built(self.build())),
+                Effect::Build => Some(self.build()),
                 Effect::Send { ensure_environment } => self.send(ensure_environment).await,
                 Effect::RefreshCompliance => Some(Input::Compliance(self.compliance().await)),
                 Effect::Event {
@@ -220,16 +220,25 @@ impl Worker {
         }
     }
 
-    /// The snapshot from a complete view, or `None` while a watch is incomplete.
-    fn build(&mut self) -> Option<Summary> {
+    /// The snapshot from a complete, current view: `Built(None)` while a watch
+    /// is incomplete, `ViewStale` while one has failed for too long.
+    fn build(&mut self) -> Input {
         let env = self.env();
-        let selection = env.selection.as_ref().ok()?;
+        let Ok(selection) = env.selection.as_ref() else {
+            return Input::Built(None);
+        };
         let snap: Snapshot = {
             let state = self.shared.state.read();
+            if let Some(stale) = state.stale_view(selection.needs_namespace_labels()) {
+                return Input::ViewStale {
+                    since: stale.since,
+                    reason: stale.reason,
+                };
+            }
             if !state.pods_synced()
                 || (selection.needs_namespace_labels() && !state.namespaces.is_synced())
             {
-                return None;
+                return Input::Built(None);
             }
             let pods = state.pods().filter(|p| {
                 selection.selects_pod(
@@ -250,7 +259,7 @@ impl Worker {
             hash: snap.hash,
         };
         self.body = Some(snap.body);
-        Some(summary)
+        Input::Built(Some(summary))
     }
 
     /// Sends the snapshot just built; `None` when the send was fenced off

@@ -789,3 +789,77 @@ fn every_due_time_is_spent_once() {
         assert!(wake > h.at(), "round {round}: wake {wake:?} is not ahead");
     }
 }
+
+fn stale_view(h: &Harness) -> Input {
+    Input::ViewStale {
+        since: h.at() - Duration::from_secs(60),
+        reason: "the pod watch is failing".to_owned(),
+    }
+}
+
+#[test]
+fn a_frozen_view_is_never_heartbeaten_and_shows_stale() {
+    let mut h = Harness::new();
+    h.first_report("a");
+    assert_eq!(h.condition("Ready"), ("True".into(), "Reported".into()));
+
+    // The watch has failed past the bound: the worker wakes the machine, whose
+    // build finds the view stale.
+    h.advance(Duration::from_secs(100));
+    h.step(Input::Changed);
+    assert_eq!(h.tick_at_wake(), vec![Effect::Build]);
+    let effects = h.step(stale_view(&h));
+    assert_eq!(events(&effects), vec![(EventType::Warning, "ViewStale")]);
+    assert_eq!(effects.last(), Some(&Effect::WriteStatus));
+    assert_eq!(
+        h.condition("Stale"),
+        ("True".into(), "NoRecentReport".into())
+    );
+    assert_eq!(h.condition("Ready").0, "False");
+    let env = KosliEnvironment::new("prod", KosliEnvironmentSpec::default());
+    let status = h.machine.status(&env, h.now());
+    let stale = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Stale")
+        .unwrap();
+    assert_eq!(stale.message, "the pod watch is failing");
+
+    // Each heartbeat due while it lasts builds, finds the view stale, and
+    // sends nothing; the Event is not repeated.
+    for _ in 0..2 {
+        assert_eq!(h.tick_at_wake(), vec![Effect::Build]);
+        let effects = h.step(stale_view(&h));
+        assert_eq!(effects, vec![Effect::WriteStatus], "no send, no new Event");
+    }
+    assert_eq!(
+        h.machine.next_wake(),
+        None,
+        "nothing due: it waits for the view"
+    );
+
+    // The watch lists again: the fresh view is reported at once (the heartbeat
+    // is long due), even with the same hash, and the status is current again.
+    h.advance(Duration::from_secs(30));
+    h.step(Input::Changed);
+    assert_eq!(h.wake_and_build("a"), vec![send()]);
+    h.sent(Ok(()));
+    assert_eq!(h.condition("Stale"), ("False".into(), "Fresh".into()));
+    assert_eq!(h.condition("Ready"), ("True".into(), "Reported".into()));
+}
+
+#[test]
+fn a_frozen_view_holds_a_changed_snapshot_too() {
+    let mut h = Harness::new();
+    h.first_report("a");
+    h.advance(Duration::from_secs(5));
+    h.step(Input::Changed);
+    assert_eq!(h.tick_at_wake(), vec![Effect::Build]);
+    let effects = h.step(stale_view(&h));
+    assert!(!effects.iter().any(|e| matches!(e, Effect::Send { .. })));
+    // While stale, an incomplete re-list answers Built(None): still stale.
+    h.step(Input::Changed);
+    assert_eq!(h.tick_at_wake(), vec![Effect::Build]);
+    assert!(h.step(Input::Built(None)).is_empty());
+    assert_eq!(h.condition("Stale").0, "True");
+}
