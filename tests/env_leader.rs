@@ -768,6 +768,12 @@ async fn sigterm_during_a_slow_report_releases_the_lease_only_after_the_report_e
                 samples.push((at, spec.holder_identity.filter(|h| !h.is_empty())));
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
+            // The release may come within the last sampling interval before
+            // the exit: one look after it (the wall-clock check below still
+            // pins the release after the report).
+            let at = Instant::now();
+            let spec = api.get(&lease).await.unwrap().spec.unwrap();
+            samples.push((at, spec.holder_identity.filter(|h| !h.is_empty())));
             samples
         }
     });
