@@ -7,8 +7,10 @@
 //! tests drive it with made-up times.
 //!
 //! The rules:
-//! - **Debounce**: a change waits until changes stop for `debounce`, or
-//!   `max_debounce` after the first, so a rollout is one report.
+//! - **Leading edge, then debounce**: a change after a quiet period (no
+//!   attempt for `debounce`) is reported at once; changes that follow within
+//!   the debounce wait until they stop for `debounce`, or `max_debounce` after
+//!   the first of them, so a rollout is one report after the first.
 //! - **Send on change or heartbeat**: a snapshot is sent when its hash differs
 //!   from the last one Kosli accepted in this leadership term, or when the last
 //!   report is `heartbeat` old.
@@ -185,6 +187,8 @@ pub enum Effect {
 struct Pending {
     first: Instant,
     last: Instant,
+    /// The first change after a quiet period: due at once (the leading edge).
+    leading_edge: bool,
 }
 
 /// A permanent failure of one generation, waiting for something to change.
@@ -274,11 +278,15 @@ impl Machine {
         match input {
             Input::Changed => {
                 if self.leading {
-                    let first = self.pending.map_or(now.at, |p| p.first);
-                    self.pending = Some(Pending {
-                        first,
-                        last: now.at,
-                    });
+                    let pending = match self.pending {
+                        Some(p) => Pending { last: now.at, ..p },
+                        None => Pending {
+                            first: now.at,
+                            last: now.at,
+                            leading_edge: self.quiet_since_last_attempt(now.at),
+                        },
+                    };
+                    self.pending = Some(pending);
                 }
                 Vec::new()
             }
@@ -387,8 +395,21 @@ impl Machine {
         }
     }
 
+    /// A lone change is reported at once; changes that follow an attempt
+    /// within the debounce are batched until they stop for `debounce`, or
+    /// until `max_debounce` after the first of them.
     fn debounce_due(&self, pending: Pending) -> Instant {
+        if pending.leading_edge {
+            return pending.first;
+        }
         (pending.last + self.timing.debounce).min(pending.first + self.timing.max_debounce)
+    }
+
+    /// No attempt within the last `debounce`: a change now starts a burst
+    /// rather than continuing one.
+    fn quiet_since_last_attempt(&self, now: Instant) -> bool {
+        self.last_attempt
+            .is_none_or(|at| now.saturating_duration_since(at) >= self.timing.debounce)
     }
 
     /// When pending changes are due: after the debounce, and not before a

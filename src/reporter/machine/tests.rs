@@ -181,11 +181,36 @@ impl Harness {
 }
 
 #[test]
-fn a_change_waits_for_the_debounce() {
+fn a_change_after_a_quiet_period_is_reported_at_once() {
     let mut h = Harness::new();
     assert_eq!(h.machine.next_wake(), None, "nothing to do until an input");
     assert!(h.step(Input::Changed).is_empty());
-    assert_eq!(h.machine.next_wake(), Some(h.at() + DEBOUNCE));
+    assert_eq!(h.machine.next_wake(), Some(h.at()), "the leading edge");
+    assert_eq!(h.step(Input::Tick), vec![Effect::Build]);
+    h.report("a");
+    // Quiet for longer than the debounce: the next change goes at once too.
+    h.advance(DEBOUNCE);
+    h.step(Input::Changed);
+    assert_eq!(h.machine.next_wake(), Some(h.at()));
+    assert_eq!(h.step(Input::Tick), vec![Effect::Build]);
+    assert_eq!(
+        h.machine.next_wake().map(|w| w > h.at()),
+        Some(true),
+        "the change is taken"
+    );
+}
+
+#[test]
+fn changes_right_after_a_report_wait_for_the_debounce() {
+    let mut h = Harness::new();
+    h.first_report("a");
+    h.advance(Duration::from_millis(300));
+    assert!(h.step(Input::Changed).is_empty());
+    assert_eq!(
+        h.machine.next_wake(),
+        Some(h.at() + DEBOUNCE),
+        "within the debounce of the last attempt: batched"
+    );
     h.advance(Duration::from_millis(400));
     assert!(
         h.step(Input::Tick).is_empty(),
@@ -193,12 +218,12 @@ fn a_change_waits_for_the_debounce() {
     );
     h.advance(Duration::from_millis(600));
     assert_eq!(h.step(Input::Tick), vec![Effect::Build]);
-    assert_eq!(h.machine.next_wake(), None, "the change is taken");
 }
 
 #[test]
-fn each_change_restarts_the_quiet_time() {
+fn each_change_of_a_burst_restarts_the_quiet_time() {
     let mut h = Harness::new();
+    h.first_report("a");
     h.step(Input::Changed);
     h.advance(Duration::from_millis(800));
     h.step(Input::Changed);
@@ -206,8 +231,12 @@ fn each_change_restarts_the_quiet_time() {
 }
 
 #[test]
-fn changes_that_keep_coming_are_reported_by_max_debounce() {
+fn a_burst_is_reported_at_its_start_and_then_by_max_debounce() {
     let mut h = Harness::new();
+    // The burst's first change goes at once.
+    h.step(Input::Changed);
+    assert_eq!(h.tick_at_wake(), vec![Effect::Build]);
+    h.report("a");
     let first = h.at();
     // A change every 400 ms for 9.6 s: the quiet time never comes.
     for _ in 0..24 {
@@ -345,11 +374,12 @@ fn a_pod_change_after_a_permanent_failure_tries_again_within_seconds() {
     );
     assert_eq!(h.tick_at_wake(), vec![Effect::Build]);
     assert_eq!(h.step(Input::Built(Some(summary("b")))), vec![send()]);
-    // A change long after the backoff only waits for the debounce.
+    // A change long after the backoff is tried at once (a quiet period's
+    // leading edge).
     h.sent(Err(permanent("KosliRejectedReport", 400)));
     h.advance(Duration::from_secs(60));
     h.step(Input::Changed);
-    assert_eq!(h.machine.next_wake(), Some(h.at() + DEBOUNCE));
+    assert_eq!(h.machine.next_wake(), Some(h.at()));
     assert_eq!(h.tick_at_wake(), vec![Effect::Build]);
 }
 
