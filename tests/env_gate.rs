@@ -11,18 +11,15 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Pod, Secret};
-use kosli_operator::core::crd::KosliEnvironment;
 use kube::Client;
 use kube::api::{Api, PostParams};
 use serde_json::json;
 use support::fake_kosli::{FakeKosli, Scripted};
 use support::operator::{Operator, eventually};
-use support::testenv::{TestEnv, api_error, apply_crd, create_namespace, unique};
+use support::setup::{Setup, setup};
+use support::testenv::{TestEnv, api_error, unique};
 use support::tools::kubectl;
-use support::webhook::{
-    ServingCert, delete_validating_webhook, register_validating_webhook, serving_cert,
-    webhook_label,
-};
+use support::webhook::{ServingCert, delete_validating_webhook};
 
 struct Gate {
     env: TestEnv,
@@ -41,48 +38,15 @@ fn hex(digest: &str) -> String {
 /// A gated namespace with a KosliEnvironment in `mode`, the operator serving
 /// the webhook, and the API server calling it.
 async fn gate(mode: &str, extra: &[&str]) -> Gate {
-    let env = TestEnv::get();
-    let client = env.client().await;
-    apply_crd(&client).await;
-    let id = unique("g");
-    let ns = format!("{id}-ns");
-    create_namespace(&client, &ns, &[(webhook_label(), &id)]).await;
-    let object: KosliEnvironment = serde_json::from_value(json!({
-        "apiVersion": "kosli.com/v1alpha1", "kind": "KosliEnvironment",
-        "metadata": {"name": format!("{id}-env"), "labels": {"test": id}},
-        "spec": {"name": "prod", "namespaces": [ns], "gate": {"mode": mode}},
-    }))
-    .unwrap();
-    Api::<KosliEnvironment>::all(client.clone())
-        .create(&PostParams::default(), &object)
-        .await
-        .unwrap();
-    let fake = FakeKosli::start().await;
-    fake.add_environment("prod", "K8S");
-    let cert = serving_cert();
-    let port = support::free_port();
-    let mut args = support::webhook::operator_args(&cert, port);
-    args.extend(extra.iter().map(|s| s.to_string()));
-    let arg_refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut op = Operator::start(
-        &env.kubeconfig,
-        &fake,
-        &id,
-        &format!("lease-{id}"),
-        &arg_refs,
-        &[],
-    );
-    op.wait_ready().await;
-    register_validating_webhook(
-        &client,
-        &id,
-        &format!("https://127.0.0.1:{port}/validate"),
-        &cert.ca_pem,
-        (webhook_label(), &id),
-        "Fail",
-        5,
-    )
-    .await;
+    let s = setup("g").await;
+    let ns = s.gated_namespace(mode).await;
+    let (op, _, cert) = s.serve_gate(extra, "Fail", 5).await;
+    let Setup {
+        env,
+        client,
+        fake,
+        id,
+    } = s;
     Gate {
         env,
         client,

@@ -15,18 +15,15 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{Pod, Secret};
-use kosli_operator::core::crd::KosliEnvironment;
 use kube::Client;
 use kube::api::{Api, PostParams};
 use serde_json::{Value, json};
 use support::fake_kosli::FakeKosli;
 use support::hostile_registry::{HostileRegistry, OVERFLOW_DIGEST};
 use support::operator::Operator;
-use support::testenv::{TestEnv, apply_crd, create_namespace, unique};
-use support::webhook::{
-    ServingCert, delete_validating_webhook, https_client, register_validating_webhook,
-    serving_cert, webhook_label,
-};
+use support::setup::{Setup, setup};
+use support::testenv::unique;
+use support::webhook::{ServingCert, delete_validating_webhook, https_client};
 
 /// The webhook's timeoutSeconds in these tests.
 const TIMEOUT_SECONDS: u64 = 5;
@@ -47,22 +44,8 @@ struct Hostile {
 /// An Enforce namespace behind a webhook registered with failurePolicy Ignore,
 /// the operator serving it with pull-secret resolution on.
 async fn hostile() -> Hostile {
-    let env = TestEnv::get();
-    let client = env.client().await;
-    apply_crd(&client).await;
-    let id = unique("h");
-    let ns = format!("{id}-ns");
-    create_namespace(&client, &ns, &[(webhook_label(), &id)]).await;
-    let object: KosliEnvironment = serde_json::from_value(json!({
-        "apiVersion": "kosli.com/v1alpha1", "kind": "KosliEnvironment",
-        "metadata": {"name": format!("{id}-env"), "labels": {"test": id}},
-        "spec": {"name": "prod", "namespaces": [ns], "gate": {"mode": "Enforce"}},
-    }))
-    .unwrap();
-    Api::<KosliEnvironment>::all(client.clone())
-        .create(&PostParams::default(), &object)
-        .await
-        .unwrap();
+    let s = setup("h").await;
+    let ns = s.gated_namespace("Enforce").await;
     let registry = HostileRegistry::start().await;
     // The victim's credentials for the hostile registry: they may go to it,
     // never to another host.
@@ -76,37 +59,17 @@ async fn hostile() -> Hostile {
         "data": {".dockerconfigjson": ByteString(auth.into_bytes())},
     }))
     .unwrap();
-    Api::<Secret>::namespaced(client.clone(), &ns)
+    Api::<Secret>::namespaced(s.client.clone(), &ns)
         .create(&PostParams::default(), &secret)
         .await
         .unwrap();
 
-    let fake = FakeKosli::start().await;
-    fake.add_environment("prod", "K8S");
-    let cert = serving_cert();
-    let port = support::free_port();
-    let mut args = support::webhook::operator_args(&cert, port);
-    args.push("--gate-pull-secrets".to_owned());
-    let arg_refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut op = Operator::start(
-        &env.kubeconfig,
-        &fake,
-        &id,
-        &format!("lease-{id}"),
-        &arg_refs,
-        &[],
-    );
-    op.wait_ready().await;
-    register_validating_webhook(
-        &client,
-        &id,
-        &format!("https://127.0.0.1:{port}/validate"),
-        &cert.ca_pem,
-        (webhook_label(), &id),
-        "Ignore",
-        TIMEOUT_SECONDS as i32,
-    )
-    .await;
+    let (op, port, cert) = s
+        .serve_gate(&["--gate-pull-secrets"], "Ignore", TIMEOUT_SECONDS as i32)
+        .await;
+    let Setup {
+        client, fake, id, ..
+    } = s;
     let h = Hostile {
         client,
         fake,

@@ -12,71 +12,19 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use kosli_operator::core::crd::{KosliEnvironment, KosliEnvironmentStatus};
-use kube::Client;
-use kube::api::{Api, DeleteParams, PostParams};
+use kube::api::{Api, DeleteParams};
 use serde_json::{Value, json};
-use support::fake_kosli::FakeKosli;
 use support::operator::{Operator, eventually};
 use support::pod_names;
-use support::testenv::{
-    RunningContainer, TestEnv, apply_crd, create_namespace, events_about, running_pod, unique,
-};
+use support::setup::{Setup, setup};
+use support::testenv::{RunningContainer, create_namespace, events_about, running_pod};
 
 const NGINX: &str = "1111111111111111111111111111111111111111111111111111111111111111";
 const SECONDS: Duration = Duration::from_secs(15);
 
-struct Setup {
-    env: TestEnv,
-    client: Client,
-    fake: FakeKosli,
-    id: String,
-}
-
-async fn setup() -> Setup {
-    let env = TestEnv::get();
-    let client = env.client().await;
-    apply_crd(&client).await;
-    Setup {
-        env,
-        client,
-        fake: FakeKosli::start().await,
-        id: unique("o"),
-    }
-}
-
 impl Setup {
-    /// Creates KosliEnvironment `name` of this test with `spec`.
-    async fn environment(&self, name: &str, spec: Value) {
-        let object: KosliEnvironment = serde_json::from_value(json!({
-            "apiVersion": "kosli.com/v1alpha1", "kind": "KosliEnvironment",
-            "metadata": {"name": name, "labels": {"test": self.id}},
-            "spec": spec,
-        }))
-        .unwrap();
-        Api::<KosliEnvironment>::all(self.client.clone())
-            .create(&PostParams::default(), &object)
-            .await
-            .unwrap();
-    }
-
     fn operator(&self, env: &[(&str, &str)]) -> Operator {
-        Operator::start(
-            &self.env.kubeconfig,
-            &self.fake,
-            &self.id,
-            &format!("lease-{}", self.id),
-            &[],
-            env,
-        )
-    }
-
-    async fn status(&self, name: &str) -> KosliEnvironmentStatus {
-        Api::<KosliEnvironment>::all(self.client.clone())
-            .get(name)
-            .await
-            .unwrap()
-            .status
-            .unwrap_or_default()
+        self.operator_as(&self.env.kubeconfig, &[], env)
     }
 }
 
@@ -107,7 +55,7 @@ fn namespaces(report: &Value) -> Vec<String> {
 
 #[tokio::test]
 async fn two_kosli_environments_naming_one_kosli_environment_have_one_writer() {
-    let s = setup().await;
+    let s = setup("o").await;
     let kosli_env = format!("{}-shared", s.id);
     s.fake.add_environment(&kosli_env, "K8S");
     let (ns_old, ns_new) = (format!("{}-old", s.id), format!("{}-new", s.id));
@@ -118,10 +66,10 @@ async fn two_kosli_environments_naming_one_kosli_environment_have_one_writer() {
 
     // The newer object's name sorts first: only its creation time makes it second.
     let (older, newer) = (format!("{}-z-older", s.id), format!("{}-a-newer", s.id));
-    s.environment(&older, json!({"name": kosli_env, "namespaces": [ns_old]}))
+    s.create_environment(&older, json!({"name": kosli_env, "namespaces": [ns_old]}))
         .await;
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    s.environment(&newer, json!({"name": kosli_env, "namespaces": [ns_new]}))
+    s.create_environment(&newer, json!({"name": kosli_env, "namespaces": [ns_new]}))
         .await;
 
     let mut op = s.operator(&[]);
@@ -220,13 +168,14 @@ fn project_token(dir: &Path, version: &str, token: &str) {
 
 #[tokio::test]
 async fn a_rotated_token_is_used_within_seconds_after_a_401() {
-    let s = setup().await;
+    let s = setup("o").await;
     let name = format!("{}-rotated", s.id);
     s.fake.add_environment(&name, "K8S");
     let ns = format!("{}-rot", s.id);
     create_namespace(&s.client, &ns, &[]).await;
     running_pod(&s.client, &ns, "web-1", &[], &[web()]).await;
-    s.environment(&name, json!({"namespaces": [ns]})).await;
+    s.create_environment(&name, json!({"namespaces": [ns]}))
+        .await;
 
     // The mounted Secret holds a token Kosli does not accept (yet).
     let secret = tempfile::tempdir().unwrap();

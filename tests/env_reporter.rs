@@ -11,77 +11,21 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kosli_operator::core::crd::{KosliEnvironment, KosliEnvironmentStatus};
-use kube::Client;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
-use support::fake_kosli::{FakeKosli, ORG, Scripted};
+use support::fake_kosli::{ORG, Scripted};
 use support::operator::{Operator, eventually};
 use support::pod_names;
-use support::testenv::{
-    RunningContainer, TestEnv, apply_crd, create_namespace, running_pod, unique,
-};
+use support::setup::{Setup, setup};
+use support::testenv::{RunningContainer, create_namespace, running_pod, unique};
 
 const NGINX: &str = "1111111111111111111111111111111111111111111111111111111111111111";
 const REDIS: &str = "2222222222222222222222222222222222222222222222222222222222222222";
 const SECONDS: Duration = Duration::from_secs(15);
 
-struct Setup {
-    env: TestEnv,
-    client: Client,
-    fake: FakeKosli,
-    /// Labels this test's KosliEnvironments and names its Lease.
-    id: String,
-}
-
-async fn setup() -> Setup {
-    let env = TestEnv::get();
-    let client = env.client().await;
-    apply_crd(&client).await;
-    Setup {
-        env,
-        client,
-        fake: FakeKosli::start().await,
-        id: unique("t"),
-    }
-}
-
 impl Setup {
-    /// A KosliEnvironment of this test, registered in the fake Kosli.
-    async fn environment(&self, name: &str, spec: Value) -> String {
-        let name = format!("{}-{name}", self.id);
-        let mut object: KosliEnvironment = serde_json::from_value(json!({
-            "apiVersion": "kosli.com/v1alpha1", "kind": "KosliEnvironment",
-            "metadata": {"name": name, "labels": {"test": self.id}},
-            "spec": spec,
-        }))
-        .unwrap();
-        object.metadata.resource_version = None;
-        Api::<KosliEnvironment>::all(self.client.clone())
-            .create(&PostParams::default(), &object)
-            .await
-            .unwrap();
-        self.fake.add_environment(&name, "K8S");
-        name
-    }
-
     fn operator(&self, extra: &[&str], env: &[(&str, &str)]) -> Operator {
-        Operator::start(
-            &self.env.kubeconfig,
-            &self.fake,
-            &self.id,
-            &format!("lease-{}", self.id),
-            extra,
-            env,
-        )
-    }
-
-    async fn status(&self, name: &str) -> KosliEnvironmentStatus {
-        Api::<KosliEnvironment>::all(self.client.clone())
-            .get(name)
-            .await
-            .unwrap()
-            .status
-            .unwrap_or_default()
+        self.operator_as(&self.env.kubeconfig, extra, env)
     }
 
     /// Waits until the latest report for `env` satisfies `check`.
@@ -106,7 +50,7 @@ fn has_condition(status: &KosliEnvironmentStatus, type_: &str, value: &str, reas
 
 #[tokio::test]
 async fn reports_follow_pods_within_seconds_and_status_tells() {
-    let s = setup().await;
+    let s = setup("t").await;
     let ns = unique("rep");
     create_namespace(&s.client, &ns, &[]).await;
     let name = s.environment("shop", json!({"namespaces": [ns]})).await;
@@ -209,7 +153,7 @@ async fn reports_follow_pods_within_seconds_and_status_tells() {
 
 #[tokio::test]
 async fn pods_move_between_environments_with_their_labels() {
-    let s = setup().await;
+    let s = setup("t").await;
     let ns = unique("move");
     let other_ns = unique("move-ns");
     create_namespace(&s.client, &ns, &[]).await;
@@ -288,7 +232,7 @@ async fn pods_move_between_environments_with_their_labels() {
 
 #[tokio::test]
 async fn unchanged_snapshots_are_resent_only_at_the_heartbeat() {
-    let s = setup().await;
+    let s = setup("t").await;
     let ns = unique("beat");
     create_namespace(&s.client, &ns, &[]).await;
     let web = RunningContainer::pulled("web", "docker.io/library/nginx:1.27", NGINX);
@@ -334,7 +278,7 @@ async fn unchanged_snapshots_are_resent_only_at_the_heartbeat() {
 
 #[tokio::test]
 async fn kosli_failures_are_retried_shown_and_cleared() {
-    let s = setup().await;
+    let s = setup("t").await;
     let ns = unique("flaky");
     create_namespace(&s.client, &ns, &[]).await;
     let name = s.environment("flaky", json!({"namespaces": [ns]})).await;
@@ -366,7 +310,7 @@ async fn kosli_failures_are_retried_shown_and_cleared() {
     drop(op);
 
     // With no retries left in the client, failures show in status until Kosli recovers.
-    let s = setup().await;
+    let s = setup("t").await;
     let name = s
         .environment("down", json!({"namespaces": [unique("down")]}))
         .await;
@@ -428,7 +372,7 @@ async fn kosli_failures_are_retried_shown_and_cleared() {
 
 #[tokio::test]
 async fn rejected_credentials_degrade_without_a_hot_loop() {
-    let s = setup().await;
+    let s = setup("t").await;
     let ns = unique("auth");
     create_namespace(&s.client, &ns, &[]).await;
     let name = s.environment("auth", json!({"namespaces": [ns]})).await;
@@ -466,7 +410,7 @@ async fn rejected_credentials_degrade_without_a_hot_loop() {
 
 #[tokio::test]
 async fn invalid_specs_are_degraded_naming_the_field() {
-    let s = setup().await;
+    let s = setup("t").await;
     let regex = s
         .environment("regex", json!({"namespacesRegex": ["team-("]}))
         .await;
@@ -518,7 +462,7 @@ async fn invalid_specs_are_degraded_naming_the_field() {
 
 #[tokio::test]
 async fn only_the_leader_reports_and_a_standby_takes_over() {
-    let s = setup().await;
+    let s = setup("t").await;
     let ns = unique("lead");
     create_namespace(&s.client, &ns, &[]).await;
     let name = s.environment("lead", json!({"namespaces": [ns]})).await;
@@ -580,7 +524,7 @@ async fn only_the_leader_reports_and_a_standby_takes_over() {
 
 #[tokio::test]
 async fn dry_run_logs_bodies_and_sends_nothing() {
-    let s = setup().await;
+    let s = setup("t").await;
     let ns = unique("dry");
     create_namespace(&s.client, &ns, &[]).await;
     let web = RunningContainer::pulled("web", "docker.io/library/nginx:1.27", NGINX);
@@ -606,7 +550,7 @@ async fn dry_run_logs_bodies_and_sends_nothing() {
 
 #[tokio::test]
 async fn watched_namespaces_limit_what_environments_may_select() {
-    let s = setup().await;
+    let s = setup("t").await;
     let ns = unique("watched");
     create_namespace(&s.client, &ns, &[]).await;
     let web = RunningContainer::pulled("web", "docker.io/library/nginx:1.27", NGINX);
@@ -641,7 +585,7 @@ async fn watched_namespaces_limit_what_environments_may_select() {
 
 #[tokio::test]
 async fn auto_create_compliance_and_independent_environments() {
-    let s = setup().await;
+    let s = setup("t").await;
     let ns = unique("multi");
     create_namespace(&s.client, &ns, &[]).await;
     // Not known to Kosli: created first, with the description.

@@ -13,73 +13,19 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
-use kosli_operator::core::crd::{KosliEnvironment, KosliEnvironmentStatus};
-use kube::Client;
+use kosli_operator::core::crd::KosliEnvironmentStatus;
 use kube::api::{Api, DeleteParams, PostParams};
-use serde_json::{Value, json};
-use support::fake_kosli::FakeKosli;
+use serde_json::json;
 use support::operator::{Operator, eventually};
 use support::pod_names;
-use support::testenv::{
-    RunningContainer, TestEnv, apply_crd, create_namespace, running_pod, unique,
-};
+use support::setup::{Setup, setup};
+use support::testenv::{RunningContainer, create_namespace, running_pod, unique};
 
 const NGINX: &str = "1111111111111111111111111111111111111111111111111111111111111111";
 
-struct Setup {
-    env: TestEnv,
-    client: Client,
-    fake: FakeKosli,
-    id: String,
-}
-
-async fn setup() -> Setup {
-    let env = TestEnv::get();
-    let client = env.client().await;
-    apply_crd(&client).await;
-    Setup {
-        env,
-        client,
-        fake: FakeKosli::start().await,
-        id: unique("v"),
-    }
-}
-
 impl Setup {
-    async fn environment(&self, name: &str, spec: Value) -> String {
-        let name = format!("{}-{name}", self.id);
-        let object: KosliEnvironment = serde_json::from_value(json!({
-            "apiVersion": "kosli.com/v1alpha1", "kind": "KosliEnvironment",
-            "metadata": {"name": name, "labels": {"test": self.id}},
-            "spec": spec,
-        }))
-        .unwrap();
-        Api::<KosliEnvironment>::all(self.client.clone())
-            .create(&PostParams::default(), &object)
-            .await
-            .unwrap();
-        self.fake.add_environment(&name, "K8S");
-        name
-    }
-
     fn operator(&self, kubeconfig: &std::path::Path, extra: &[&str]) -> Operator {
-        Operator::start(
-            kubeconfig,
-            &self.fake,
-            &self.id,
-            &format!("lease-{}", self.id),
-            extra,
-            &[],
-        )
-    }
-
-    async fn status(&self, name: &str) -> KosliEnvironmentStatus {
-        Api::<KosliEnvironment>::all(self.client.clone())
-            .get(name)
-            .await
-            .unwrap()
-            .status
-            .unwrap_or_default()
+        self.operator_as(kubeconfig, extra, &[])
     }
 
     /// Creates `count` Running pods named `{prefix}-{i}` in `ns`, 16 at a time.
@@ -125,7 +71,7 @@ fn rss(pid: u32) -> u64 {
 #[tokio::test]
 async fn a_namespace_watched_twice_reports_every_pod_across_relists() {
     const PODS: usize = 300;
-    let s = setup().await;
+    let s = setup("v").await;
     let ns = unique("twice");
     create_namespace(&s.client, &ns, &[]).await;
     s.pods(&ns, "p", PODS, &[]).await;
@@ -254,7 +200,7 @@ async fn drop_cluster_grant(s: &Setup) {
 
 #[tokio::test]
 async fn a_revoked_pod_watch_is_not_heartbeaten_turns_stale_and_reports_afresh() {
-    let s = setup().await;
+    let s = setup("v").await;
     let ns = unique("frozen");
     create_namespace(&s.client, &ns, &[]).await;
     let binding = grant(&s, &ns).await;
@@ -354,7 +300,7 @@ async fn labels_no_selector_uses_cost_no_memory() {
     const PODS: usize = 300;
     const LABELS: usize = 400;
     const BUDGET: u64 = 6 << 20;
-    let s = setup().await;
+    let s = setup("v").await;
     let ns = unique("labels");
     create_namespace(&s.client, &ns, &[]).await;
     let web = s

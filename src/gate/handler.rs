@@ -2,7 +2,7 @@
 //! resolve images and verdicts within the deadline, answer. The API server always
 //! gets an explicit answer before its own timeout.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,6 +15,7 @@ use kube::core::TypeMeta;
 use kube::core::admission::{AdmissionResponse, Operation};
 use tokio::time::Instant;
 
+use super::bounded_map::BoundedMap;
 use super::decision::{self, Answer, BreakGlassAuthority, ImageVerdict, Skip, Target};
 use super::pull_secrets::{self, PullCredentials};
 use super::resolver::Resolver;
@@ -79,7 +80,7 @@ const CREDENTIALS_TTL: Duration = Duration::from_secs(30);
 const LOOKUP_MARGIN: Duration = Duration::from_millis(200);
 
 /// Entries of the credentials cache: forged reviews naming ever new secret
-/// lists must not grow it without bound (a full cache just is not added to).
+/// lists must not grow it without bound (the oldest entry goes when full).
 const CREDENTIALS_CACHE_MAX: usize = 1024;
 
 type CredentialsKey = (String, String, Vec<String>);
@@ -117,7 +118,7 @@ struct Inner {
     ctx: GateCluster,
     resolver: Arc<Resolver>,
     options: GateOptions,
-    credentials: std::sync::Mutex<BTreeMap<CredentialsKey, (Arc<PullCredentials>, Instant)>>,
+    credentials: std::sync::Mutex<BoundedMap<CredentialsKey, (Arc<PullCredentials>, Instant)>>,
 }
 
 #[derive(Clone)]
@@ -129,7 +130,7 @@ impl GateHandler {
             ctx,
             resolver,
             options,
-            credentials: std::sync::Mutex::default(),
+            credentials: std::sync::Mutex::new(BoundedMap::new(CREDENTIALS_CACHE_MAX)),
         }))
     }
 
@@ -172,7 +173,7 @@ fn targets(found: Vec<(Arc<IndexedEnvironment>, Gating)>) -> Vec<Target> {
 /// environments cover it): the cheap skips of `decision::plan`.
 fn may_need_checking(workload: &Workload, exempt: bool) -> bool {
     !exempt
-        && workload.template.is_some()
+        && (workload.template.is_some() || workload.unreadable.is_some())
         && matches!(workload.operation, Operation::Create | Operation::Update)
 }
 
@@ -495,11 +496,10 @@ impl Inner {
             )
             .await,
         );
-        let mut cache = self.credentials.lock().unwrap_or_else(|p| p.into_inner());
-        cache.retain(|_, (_, at)| at.elapsed() < CREDENTIALS_TTL);
-        if cache.len() < CREDENTIALS_CACHE_MAX {
-            cache.insert(key, (fresh.clone(), Instant::now()));
-        }
+        self.credentials
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, (fresh.clone(), Instant::now()));
         fresh
     }
 
@@ -517,10 +517,7 @@ impl Inner {
         if self.options.require_digests
             && let Some(verdict) = decision::require_digest(image)
         {
-            return targets
-                .iter()
-                .map(|t| (t.clone(), image.to_owned(), verdict.clone()))
-                .collect();
+            return for_every(targets, image, &verdict);
         }
         let lookup = self.resolver.fingerprint(image, credentials);
         let digest = match tokio::time::timeout_at(deadline, lookup).await {
@@ -530,11 +527,7 @@ impl Inner {
                     Ok(Err(e)) => crate::error::chain(&e),
                     _ => "the registry did not answer in time".to_owned(),
                 };
-                let verdict = ImageVerdict::Unresolvable { why };
-                return targets
-                    .iter()
-                    .map(|t| (t.clone(), image.to_owned(), verdict.clone()))
-                    .collect();
+                return for_every(targets, image, &ImageVerdict::Unresolvable { why });
             }
         };
         let verdicts = targets.iter().map(|target| {
@@ -603,6 +596,18 @@ impl Inner {
             });
         }
     }
+}
+
+/// The same verdict on `image` for every target.
+fn for_every(
+    targets: &[Target],
+    image: &str,
+    verdict: &ImageVerdict,
+) -> Vec<(Target, String, ImageVerdict)> {
+    targets
+        .iter()
+        .map(|t| (t.clone(), image.to_owned(), verdict.clone()))
+        .collect()
 }
 
 /// The decision label of an answer that was worked out.

@@ -52,6 +52,9 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 256;
 /// cert-manager renews days before expiry, so a second is plenty.
 const RELOAD_INTERVAL: Duration = Duration::from_secs(1);
 
+/// The pause after a failed accept (typically EMFILE), instead of spinning.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
 /// Handles one POST /validate body; returns the response body (an
 /// AdmissionReview JSON) or a client error.
 pub trait ReviewHandler: Send + Sync + 'static {
@@ -243,27 +246,16 @@ async fn accept_loop(
     loop {
         // Reap finished connections so the set does not grow with every one served.
         while connections.try_join_next().is_some() {}
-        // A free slot first, then accept: at the cap, new connections wait in
-        // the backlog while the served ones run into their deadlines.
-        let slot = tokio::select! {
-            () = shutdown.cancelled() => break,
-            slot = slots.clone().acquire_owned() => match slot {
-                Ok(slot) => slot,
-                // Never closed; should it be, nothing more can be served.
-                Err(_) => break,
-            },
-        };
-        let (stream, peer) = tokio::select! {
-            () = shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    // Typically EMFILE: back off instead of spinning on it.
-                    tracing::warn!("webhook failed to accept a connection: {e}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
+        let Some((slot, stream, peer)) = crate::observe::health::accept_capped(
+            &listener,
+            &slots,
+            &shutdown,
+            ACCEPT_BACKOFF,
+            "webhook",
+        )
+        .await
+        else {
+            break;
         };
         let connection = serve_connection(
             stream,

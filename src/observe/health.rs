@@ -11,8 +11,8 @@ use hyper::body::{Bytes, Incoming};
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Result};
@@ -119,26 +119,16 @@ pub async fn serve_with(
     let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let task = tokio::spawn(async move {
         loop {
-            // A free slot before accepting: at the cap, new connections wait
-            // in the backlog until a served one ends (the header timeout
-            // guarantees one does).
-            let slot = tokio::select! {
-                () = shutdown.cancelled() => return,
-                slot = slots.clone().acquire_owned() => match slot {
-                    Ok(slot) => slot,
-                    Err(_) => return,
-                },
-            };
-            let stream = tokio::select! {
-                () = shutdown.cancelled() => return,
-                accepted = listener.accept() => match accepted {
-                    Ok((stream, _)) => stream,
-                    Err(e) => {
-                        tracing::warn!("failed to accept a connection: {e}");
-                        tokio::time::sleep(limits.accept_backoff).await;
-                        continue;
-                    }
-                },
+            let Some((slot, stream, _)) = accept_capped(
+                &listener,
+                &slots,
+                &shutdown,
+                limits.accept_backoff,
+                "metrics",
+            )
+            .await
+            else {
+                return;
             };
             let (metrics, health, shutdown) = (metrics.clone(), health.clone(), shutdown.clone());
             tokio::spawn(async move {
@@ -160,6 +150,37 @@ pub async fn serve_with(
         }
     });
     Ok((bound, task))
+}
+
+/// The next connection once fewer than the cap are served, with the slot it
+/// holds until dropped; `None` at shutdown. At the cap, new connections wait
+/// in the listen backlog until a served one ends (each server bounds its
+/// connections in time, so one does). A failed accept (typically EMFILE) is
+/// followed by `backoff` rather than spinning on it.
+pub async fn accept_capped(
+    listener: &TcpListener,
+    slots: &Arc<Semaphore>,
+    shutdown: &CancellationToken,
+    backoff: Duration,
+    server: &'static str,
+) -> Option<(OwnedSemaphorePermit, TcpStream, SocketAddr)> {
+    loop {
+        let slot = tokio::select! {
+            () = shutdown.cancelled() => return None,
+            // Never closed; should it be, nothing more can be served.
+            slot = slots.clone().acquire_owned() => slot.ok()?,
+        };
+        tokio::select! {
+            () = shutdown.cancelled() => return None,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => return Some((slot, stream, peer)),
+                Err(e) => {
+                    tracing::warn!(server, "failed to accept a connection: {e}");
+                    tokio::time::sleep(backoff).await;
+                }
+            },
+        }
+    }
 }
 
 #[cfg(test)]

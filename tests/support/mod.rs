@@ -6,6 +6,7 @@ pub mod fake_kosli;
 pub mod helm;
 pub mod hostile_registry;
 pub mod operator;
+pub mod setup;
 pub mod testenv;
 pub mod tools;
 pub mod webhook;
