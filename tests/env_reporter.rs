@@ -109,11 +109,12 @@ async fn reports_follow_pods_within_seconds_and_status_tells() {
         .find(|r| r.method == "PUT")
         .unwrap()
         .body;
-    use sha2::Digest as _;
-    assert_eq!(
-        status.snapshot_hash.as_deref(),
-        Some(hex::encode(sha2::Sha256::digest(&sent_body)).as_str())
-    );
+    // The status names the content hash of what was sent: the snapshot of
+    // the one pod running.
+    let running = kosli_operator::core::pod::PodRecord::from(&pod);
+    let built = kosli_operator::core::snapshot::build([&running], Default::default());
+    assert_eq!(built.body, sent_body);
+    assert_eq!(status.snapshot_hash.as_deref(), Some(built.hash.as_str()));
     assert!(
         status
             .conditions

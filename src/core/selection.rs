@@ -3,12 +3,14 @@
 //! exclude mutually exclusive) plus label selectors on namespaces and pods, plus
 //! which containers of a pod count.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::core::{Selector, SelectorExt};
 use regex::Regex;
 
+use crate::core::pod::PodRecord;
 use crate::error::{Error, Result};
 
 /// A label set: a pod's or a namespace's.
@@ -170,6 +172,13 @@ impl Selection {
             }
     }
 
+    /// Whether pod labels satisfy the pod selector (all do without one).
+    pub fn selects_labels(&self, pod_labels: &BTreeMap<String, String>) -> bool {
+        self.pod_selector
+            .as_ref()
+            .is_none_or(|selector| selector.matches(pod_labels))
+    }
+
     /// Whether a pod is in the selection.
     pub fn selects_pod(
         &self,
@@ -182,6 +191,72 @@ impl Selection {
                 .pod_selector
                 .as_ref()
                 .is_none_or(|selector| selector.matches(pod_labels))
+    }
+}
+
+/// Decides which pods a selection takes, once per run of pods in the same
+/// namespace and once per shared label set, rather than once per pod: a
+/// report of many replicas asks the same questions over and over.
+pub struct PodFilter<'a> {
+    selection: &'a Selection,
+    namespace: Option<(Arc<str>, bool)>,
+    labels: HashMap<SameArc<Labels>, bool>,
+}
+
+/// An `Arc` compared by identity: interned values are equal when shared.
+struct SameArc<T>(Arc<T>);
+
+impl<T> PartialEq for SameArc<T> {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl<T> Eq for SameArc<T> {}
+
+impl<T> std::hash::Hash for SameArc<T> {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        Arc::as_ptr(&self.0).hash(state);
+    }
+}
+
+impl<'a> PodFilter<'a> {
+    pub fn new(selection: &'a Selection) -> Self {
+        Self {
+            selection,
+            namespace: None,
+            labels: HashMap::new(),
+        }
+    }
+
+    /// Whether `pod` is selected; `namespace_labels` is asked only when the
+    /// namespace changes from the pod before.
+    pub fn selects<'l>(
+        &mut self,
+        pod: &PodRecord,
+        namespace_labels: impl FnOnce(&str) -> Option<&'l Labels>,
+    ) -> bool {
+        let in_namespace = match &self.namespace {
+            Some((namespace, selected)) if *namespace == pod.namespace => *selected,
+            _ => {
+                let selected = self
+                    .selection
+                    .selects_namespace(&pod.namespace, namespace_labels(&pod.namespace));
+                self.namespace = Some((pod.namespace.clone(), selected));
+                selected
+            }
+        };
+        if !in_namespace {
+            return false;
+        }
+        let selection = self.selection;
+        if selection.pod_selector.is_none() {
+            return true;
+        }
+        *self
+            .labels
+            .entry(SameArc(pod.labels.clone()))
+            .or_insert_with(|| selection.selects_labels(&pod.labels))
     }
 }
 

@@ -1,43 +1,39 @@
 //! The snapshot engine: pods + selection -> the exact body of Kosli's K8S report.
 //!
-//! Pure and deterministic: the same pods give the same bytes, so a sha256 of the
-//! body tells whether anything changed. The rules are the Kosli CLI's (with its
+//! Pure and deterministic: the same pods give the same bytes, and the same
+//! content hash, which tells whether anything changed. The rules are the Kosli CLI's (with its
 //! fixes): Running and Failed pods only; per container the digest inside imageID,
 //! keyed by the status image, or by the spec image when the status image is a bare
 //! ID; unusable containers skipped and pods without digests skipped, with a
 //! warning, never an aborted report.
+//!
+//! The body is assembled, not serialised: the parts replicas share (the
+//! `digests` object, the owner list) are serialised once per shared value
+//! (see [`crate::core::pod`]), and each entry is those parts between the pod's
+//! own name, namespace and creation time. The bytes are exactly what serde
+//! would write for `{"artifacts":[{"podName","namespace","digests",
+//! "creationTimestamp","owners"}…]}`, entries sorted by namespace then name.
+//!
+//! The content hash is a sha256 over each entry's own fields and the sha256 of
+//! its shared parts, not over the body bytes: it changes exactly when the body
+//! does, at a quarter of the bytes hashed (at 150,000 pods, hashing the 70 MB
+//! body would cost more than assembling it).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::HashSet;
 
-use serde::Serialize;
 use sha2::{Digest as _, Sha256};
 
-use crate::core::fingerprint::{self, FingerprintKind, ImageRef};
-use crate::core::pod::{ContainerKind, ContainerRecord, Owner, PodRecord};
+use crate::core::fingerprint::{self, ImageRef};
+use crate::core::pod::{Digests, PodRecord};
 use crate::core::selection::ContainerOptions;
-
-/// One entry of the report body, fields in Kosli's order.
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-struct Artifact<'a> {
-    pod_name: &'a str,
-    namespace: &'a str,
-    digests: BTreeMap<&'a str, &'a str>,
-    creation_timestamp: i64,
-    owners: Option<&'a [Owner]>,
-}
-
-#[derive(Serialize)]
-struct Body<'a> {
-    artifacts: Vec<Artifact<'a>>,
-}
 
 /// A built report and what it contains.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Snapshot {
     /// The exact bytes to PUT: compact JSON.
     pub body: Vec<u8>,
-    /// sha256 of `body`, lowercase hex.
+    /// The content hash, lowercase hex: equal for equal bodies, different
+    /// otherwise (see the module's documentation).
     pub hash: String,
     /// Pods in the report.
     pub pod_count: usize,
@@ -54,32 +50,44 @@ pub fn build<'a>(
     pods: impl IntoIterator<Item = &'a PodRecord>,
     options: ContainerOptions,
 ) -> Snapshot {
-    let mut artifacts = Vec::new();
-    let mut warnings = Vec::new();
-    let mut fingerprints = BTreeSet::new();
-    let mut config_ids = BTreeSet::new();
+    assemble(pods, options, 0)
+}
 
-    for pod in pods.into_iter().filter(|p| p.is_reportable_phase()) {
-        let mut digests = BTreeMap::new();
-        let mut unusable = Vec::new();
-        for container in pod.containers.iter().filter(|c| counts(c, options)) {
-            match &container.image {
-                Ok(image) => {
-                    let hex = image.fingerprint.hex.as_str();
-                    if image.fingerprint.kind == FingerprintKind::ConfigId {
-                        config_ids.insert(hex);
-                    }
-                    fingerprints.insert(hex);
-                    digests.insert(image.name.as_str(), hex);
-                }
-                Err(reason) => unusable.push(format!("{} ({reason})", container.name)),
-            }
-        }
-        if digests.is_empty() {
-            let reason = if unusable.is_empty() {
+/// As [`build`], with room for `expected_bytes` of body reserved up front (the
+/// size of the previous report): a large body is then written without being
+/// copied as it grows. Pods already in (namespace, name) order, as the
+/// reporter's store keeps them, are not sorted again.
+pub fn assemble<'a>(
+    pods: impl IntoIterator<Item = &'a PodRecord>,
+    options: ContainerOptions,
+    expected_bytes: usize,
+) -> Snapshot {
+    let mut pods: Vec<&PodRecord> = pods
+        .into_iter()
+        .filter(|p| p.is_reportable_phase())
+        .collect();
+    let order = |p: &&PodRecord| (p.namespace.clone(), p.name.clone());
+    if !pods.is_sorted_by(|a, b| (&*a.namespace, &*a.name) <= (&*b.namespace, &*b.name)) {
+        pods.sort_by_cached_key(order);
+    }
+
+    let mut body = Vec::with_capacity(expected_bytes.max(64));
+    body.extend_from_slice(b"{\"artifacts\":[");
+    let mut warnings = Vec::new();
+    let mut counted: HashSet<*const Digests> = HashSet::new();
+    let mut fingerprints: HashSet<&str> = HashSet::new();
+    let mut config_ids: HashSet<&str> = HashSet::new();
+    let mut pod_count = 0;
+    let mut content = Sha256::new();
+    content.update(CONTENT_HASH_DOMAIN);
+    let mut entry = Vec::with_capacity(256);
+    for pod in pods {
+        let digests = pod.containers.digests(options);
+        if !digests.any {
+            let reason = if digests.unusable.is_empty() {
                 String::new()
             } else {
-                format!(": {}", unusable.join(", "))
+                format!(": {}", digests.unusable.join(", "))
             };
             warnings.push(format!(
                 "skipping {} pod {} in namespace {} as none of its containers has a usable image ID{reason}",
@@ -87,29 +95,56 @@ pub fn build<'a>(
             ));
             continue;
         }
-        if !unusable.is_empty() {
+        if !digests.unusable.is_empty() {
             warnings.push(format!(
                 "{} pod {} in namespace {} has containers without a usable image ID, reporting it without them: {}",
                 pod.phase,
                 pod.name,
                 pod.namespace,
-                unusable.join(", ")
+                digests.unusable.join(", ")
             ));
         }
-        artifacts.push(Artifact {
-            pod_name: &pod.name,
-            namespace: &pod.namespace,
-            digests,
-            creation_timestamp: pod.created.unwrap_or_default(),
-            owners: (!pod.owners.is_empty()).then_some(pod.owners.as_slice()),
-        });
-    }
-    artifacts.sort_by(|a, b| (a.namespace, a.pod_name).cmp(&(b.namespace, b.pod_name)));
+        // Replicas share one `Digests`: their fingerprints are counted once.
+        if counted.insert(std::ptr::from_ref(digests)) {
+            for (hex, config_id) in &digests.fingerprints {
+                fingerprints.insert(hex);
+                if *config_id {
+                    config_ids.insert(hex);
+                }
+            }
+        }
+        if pod_count > 0 {
+            body.push(b',');
+        }
+        pod_count += 1;
+        body.extend_from_slice(b"{\"podName\":");
+        write_json_string(&mut body, &pod.name);
+        body.extend_from_slice(b",\"namespace\":");
+        write_json_string(&mut body, &pod.namespace);
+        body.extend_from_slice(b",\"digests\":");
+        body.extend_from_slice(&digests.json);
+        body.extend_from_slice(b",\"creationTimestamp\":");
+        write_integer(&mut body, pod.created.unwrap_or_default());
+        body.extend_from_slice(b",\"owners\":");
+        body.extend_from_slice(pod.owners.json());
+        body.push(b'}');
 
-    let pod_count = artifacts.len();
-    let body = serialize(&Body { artifacts });
+        // Lengths first, so that no two entries hash alike: the fields are
+        // then read back unambiguously from the bytes hashed.
+        entry.clear();
+        for text in [&*pod.name, &*pod.namespace] {
+            entry.extend_from_slice(&(text.len() as u64).to_le_bytes());
+            entry.extend_from_slice(text.as_bytes());
+        }
+        entry.extend_from_slice(&pod.created.unwrap_or_default().to_le_bytes());
+        entry.extend_from_slice(&digests.sha256);
+        entry.extend_from_slice(pod.owners.sha256());
+        content.update(&entry);
+    }
+    body.extend_from_slice(b"]}");
+
     Snapshot {
-        hash: hex::encode(Sha256::digest(&body)),
+        hash: hex::encode(content.finalize()),
         body,
         pod_count,
         artifact_count: fingerprints.len(),
@@ -118,18 +153,57 @@ pub fn build<'a>(
     }
 }
 
-fn serialize(body: &Body<'_>) -> Vec<u8> {
-    // Strings, integers, maps with string keys and nulls cannot fail to serialize.
-    #[allow(clippy::expect_used)]
-    serde_json::to_vec(body).expect("report body serializes")
+/// Sets the content hash apart from any other sha256 (of a body, say).
+const CONTENT_HASH_DOMAIN: &[u8] = b"kosli-operator K8S report content v1\n";
+
+/// Writes `s` as a JSON string, escaped exactly as serde_json escapes it.
+fn write_json_string(out: &mut Vec<u8>, s: &str) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    out.push(b'"');
+    let bytes = s.as_bytes();
+    let mut start = 0;
+    for (i, &byte) in bytes.iter().enumerate() {
+        let escape: &[u8] = match byte {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            0x08 => b"\\b",
+            0x0c => b"\\f",
+            0x00..=0x1f => b"",
+            _ => continue,
+        };
+        out.extend_from_slice(&bytes[start..i]);
+        if escape.is_empty() {
+            out.extend_from_slice(b"\\u00");
+            out.push(HEX[usize::from(byte >> 4)]);
+            out.push(HEX[usize::from(byte & 0xf)]);
+        } else {
+            out.extend_from_slice(escape);
+        }
+        start = i + 1;
+    }
+    out.extend_from_slice(&bytes[start..]);
+    out.push(b'"');
 }
 
-fn counts(container: &ContainerRecord, options: ContainerOptions) -> bool {
-    match container.kind {
-        ContainerKind::App => true,
-        ContainerKind::Sidecar => options.include_sidecars,
-        ContainerKind::Ephemeral => options.include_ephemeral,
+fn write_integer(out: &mut Vec<u8>, n: i64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    let mut rest = n.unsigned_abs();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
     }
+    if n < 0 {
+        out.push(b'-');
+    }
+    out.extend_from_slice(&digits[at..]);
 }
 
 /// The name an artifact is reported under. containerd reports an image pulled by

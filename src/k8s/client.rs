@@ -10,7 +10,7 @@ use kube::api::{Api, ListParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 
-use crate::core::pod::PodRecord;
+use crate::core::pod::{Interner, PodRecord};
 use crate::core::selection::NamespaceFilter;
 use crate::error::{Error, Result};
 
@@ -112,6 +112,7 @@ async fn list_all(api: &Api<Pod>, scope: &str) -> Result<Vec<PodRecord>> {
     'attempts: loop {
         attempt += 1;
         let mut pods = Vec::new();
+        let mut shared = Interner::default();
         let mut params = ListParams::default().limit(PAGE_SIZE);
         loop {
             let page = match api.list(&params).await {
@@ -122,7 +123,11 @@ async fn list_all(api: &Api<Pod>, scope: &str) -> Result<Vec<PodRecord>> {
                 }
                 Err(e) => return Err(fail(e)),
             };
-            pods.extend(page.items.iter().map(PodRecord::from));
+            pods.extend(
+                page.items
+                    .iter()
+                    .map(|pod| PodRecord::decode(pod, None, &mut shared)),
+            );
             match page.metadata.continue_.filter(|c| !c.is_empty()) {
                 Some(token) => params = params.continue_token(&token),
                 None => return Ok(pods),

@@ -9,7 +9,7 @@ use std::path::Path;
 use k8s_openapi::api::core::v1::Pod;
 use serde::Deserialize;
 
-use crate::core::pod::PodRecord;
+use crate::core::pod::{Interner, PodRecord};
 use crate::error::{Error, Result};
 
 #[derive(Deserialize)]
@@ -59,11 +59,12 @@ pub fn parse_pod_list(bytes: &[u8], origin: &str) -> Result<Vec<PodRecord>> {
             ));
         }
     };
+    let mut shared = Interner::default();
     items
         .iter()
         .enumerate()
         .map(|(i, pod)| {
-            let record = PodRecord::from(pod);
+            let record = PodRecord::decode(pod, None, &mut shared);
             let missing = [
                 ("metadata.name", record.name.is_empty()),
                 ("metadata.namespace", record.namespace.is_empty()),
@@ -93,10 +94,7 @@ mod tests {
     #[test]
     fn parses_a_list() {
         let pods = parse_pod_list(&list(POD), "f").unwrap();
-        assert_eq!(
-            (pods[0].namespace.as_str(), pods[0].name.as_str()),
-            ("ns", "p")
-        );
+        assert_eq!((&*pods[0].namespace, &*pods[0].name), ("ns", "p"));
         assert_eq!(parse_pod_list(&list(""), "f").unwrap().len(), 0);
     }
 

@@ -1,34 +1,51 @@
 //! What the reporter knows of the cluster: compact pod records, namespace labels,
 //! and whether each watch has a complete view.
 //!
-//! A watch that (re)starts lists everything again; its objects are buffered and
-//! swapped in whole when the list is done, so a half-listed store is never read.
-//! Until then the watch counts as unsynced and nothing is reported from it.
+//! A watch that (re)starts lists everything again. The list is marked into the
+//! live store as it arrives (each object stamped with the list's number) and
+//! what it did not bring is swept out when it ends, so a re-list never holds a
+//! second copy of the cluster. Meanwhile the watch counts as unsynced and
+//! nothing is reported from it.
+//!
+//! The stores are persistent maps kept in (namespace, name) order: a reader
+//! takes a copy in constant time under the lock ([`ClusterState::pods_view`])
+//! and builds a report of any size from it after letting go of the lock, while
+//! the watches go on writing (a write then copies only the nodes it touches).
 //!
 //! Each pod store has exactly one feeding watch (see [`ClusterState::claim`]):
-//! two watches sharing one buffer would each swap in the other's partial list.
+//! two watches sharing one store would each sweep out the other's list.
 //! A watch that keeps failing after it synced does not pass its old view off as
-//! current: it is marked stale (see [`Watched::failing`]) until a re-list ends.
+//! current: it is marked stale (see [`WatchHealth::failing`]) until a re-list ends.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::core::pod::{LabelKeys, PodRecord};
+use imbl::OrdMap;
+
+use crate::core::pod::{Interner, LabelKeys, PodRecord};
 
 /// (namespace, name)
-pub type PodKey = (String, String);
+pub type PodKey = (Arc<str>, Arc<str>);
 pub use crate::core::selection::Labels;
 
-/// A keyed collection fed by one watch, with its re-list buffer.
+/// A keyed collection fed by one watch.
 #[derive(Debug)]
-pub struct Watched<K, V> {
-    items: HashMap<K, V>,
-    relist: Option<HashMap<K, V>>,
+pub struct Watched<K: Ord + Clone, V: Clone> {
+    items: OrdMap<K, Marked<V>>,
+    /// The number of the list last started: objects it brought carry it.
+    list: u32,
     synced: bool,
     /// Whether a watch task feeds this store (at most one may).
     claimed: bool,
     pub health: WatchHealth,
+}
+
+/// A value and the number of the list (or the event since) that last brought it.
+#[derive(Clone, Debug)]
+struct Marked<V> {
+    value: V,
+    list: u32,
 }
 
 /// Whether the watch feeding a store keeps its view current.
@@ -76,11 +93,11 @@ impl WatchHealth {
     }
 }
 
-impl<K, V> Default for Watched<K, V> {
+impl<K: Ord + Clone, V: Clone> Default for Watched<K, V> {
     fn default() -> Self {
         Self {
-            items: HashMap::new(),
-            relist: None,
+            items: OrdMap::new(),
+            list: 0,
             synced: false,
             claimed: false,
             health: WatchHealth::default(),
@@ -88,18 +105,16 @@ impl<K, V> Default for Watched<K, V> {
     }
 }
 
-impl<K, V> Watched<K, V> {
+/// What an event changed: the value before and after (both `None`: nothing).
+pub type Change<V> = (Option<V>, Option<V>);
+
+impl<K: Ord + Clone, V: PartialEq + Clone> Watched<K, V> {
     /// What is held must be listed again before it is complete (e.g. pods
     /// decoded without labels a selector now needs): unsynced until then.
     pub fn invalidate(&mut self) {
         self.synced = false;
     }
-}
 
-/// What an event changed: the value before and after (both `None`: nothing).
-pub type Change<V> = (Option<V>, Option<V>);
-
-impl<K: std::hash::Hash + Eq + Clone, V: PartialEq + Clone> Watched<K, V> {
     /// Whether the view is complete: listed once and not re-listing.
     pub fn is_synced(&self) -> bool {
         self.synced
@@ -114,57 +129,111 @@ impl<K: std::hash::Hash + Eq + Clone, V: PartialEq + Clone> Watched<K, V> {
     }
 
     pub fn get(&self, key: &K) -> Option<&V> {
-        self.items.get(key)
+        self.items.get(key).map(|m| &m.value)
     }
 
+    /// The values in key order.
     pub fn values(&self) -> impl Iterator<Item = &V> {
-        self.items.values()
+        self.items.values().map(|m| &m.value)
+    }
+
+    /// A copy of what is held, taken in constant time.
+    pub fn view(&self) -> StoreView<K, V> {
+        StoreView(self.items.clone())
     }
 
     /// An added or modified object; `None` when nothing a report uses changed.
     pub fn apply(&mut self, key: K, value: V) -> Option<Change<V>> {
-        match self.items.insert(key, value.clone()) {
-            Some(old) if old == value => None,
-            old => Some((old, Some(value))),
+        let marked = Marked {
+            value,
+            list: self.list,
+        };
+        match self.items.get_mut(&key) {
+            Some(held) if held.value == marked.value => {
+                held.list = self.list;
+                None
+            }
+            Some(held) => {
+                let before = std::mem::replace(held, marked);
+                Some((Some(before.value), Some(held.value.clone())))
+            }
+            None => {
+                let after = marked.value.clone();
+                self.items.insert(key, marked);
+                Some((None, Some(after)))
+            }
         }
     }
 
     pub fn delete(&mut self, key: &K) -> Option<Change<V>> {
-        self.items.remove(key).map(|old| (Some(old), None))
+        self.items.remove(key).map(|old| (Some(old.value), None))
     }
 
-    /// A re-list begins: hold reports until it is done.
+    /// A (re-)list begins: hold reports until it is done.
     pub fn relist_started(&mut self) {
         self.synced = false;
-        self.relist = Some(HashMap::new());
+        self.list = self.list.wrapping_add(1);
     }
 
-    pub fn relisted(&mut self, key: K, value: V) {
-        self.relist
-            .get_or_insert_with(HashMap::new)
-            .insert(key, value);
+    /// An object of the list in progress, marked into the live store.
+    pub fn relisted(&mut self, key: K, value: V) -> Option<Change<V>> {
+        self.apply(key, value)
     }
 
-    /// The re-list is complete: swap it in, and return what differs from before
-    /// (objects deleted while the watch was down included).
+    /// The list is complete: sweep out what it did not bring (objects deleted
+    /// while the watch was down), and return those.
     pub fn relist_done(&mut self) -> Vec<Change<V>> {
-        let fresh = self.relist.take().unwrap_or_default();
-        let old = std::mem::replace(&mut self.items, fresh);
+        let gone: Vec<K> = self
+            .items
+            .iter()
+            .filter(|(_, m)| m.list != self.list)
+            .map(|(k, _)| k.clone())
+            .collect();
+        let changes = gone.iter().filter_map(|key| self.delete(key)).collect();
         self.synced = true;
         self.health.listed();
-        let mut changes: Vec<Change<V>> = Vec::new();
-        for (key, value) in &self.items {
-            match old.get(key) {
-                Some(before) if before == value => {}
-                before => changes.push((before.cloned(), Some(value.clone()))),
-            }
-        }
-        for (key, before) in old {
-            if !self.items.contains_key(&key) {
-                changes.push((Some(before), None));
-            }
-        }
         changes
+    }
+}
+
+/// A copy of a store's contents at one moment, in key order.
+#[derive(Clone, Debug)]
+pub struct StoreView<K: Ord + Clone, V: Clone>(OrdMap<K, Marked<V>>);
+
+impl<K: Ord + Clone, V: Clone> StoreView<K, V> {
+    pub fn values(&self) -> impl Iterator<Item = &V> {
+        self.0.values().map(|m| &m.value)
+    }
+
+    pub fn get(&self, key: &K) -> Option<&V> {
+        self.0.get(key).map(|m| &m.value)
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// What a report is built from, copied out of the state under its lock.
+#[derive(Clone, Debug)]
+pub struct PodsView {
+    /// One view per pod store, in scope order: (namespace, name) order overall.
+    pub pods: Vec<StoreView<PodKey, PodRecord>>,
+    pub namespaces: StoreView<String, Labels>,
+}
+
+impl PodsView {
+    /// Every pod, in (namespace, name) order.
+    pub fn pods(&self) -> impl Iterator<Item = &PodRecord> {
+        self.pods.iter().flat_map(StoreView::values)
+    }
+
+    pub fn namespace_labels(&self, namespace: &str) -> Option<&Labels> {
+        self.namespaces.get(&namespace.to_owned())
     }
 }
 
@@ -174,6 +243,8 @@ pub struct ClusterState {
     /// One pod store per pod watch: `None` for the cluster-wide watch, else a namespace.
     pub pod_scopes: BTreeMap<Option<String>, Watched<PodKey, PodRecord>>,
     pub namespaces: Watched<String, Labels>,
+    /// One copy of what pod records share, across every pod store.
+    pub shared: Interner,
     /// The pod label keys some pod selector uses: the only labels kept.
     /// `None` until the KosliEnvironments are listed (pods are listed after).
     pub label_keys: Option<Arc<LabelKeys>>,
@@ -199,6 +270,7 @@ impl ClusterState {
                 .map(|s| (s, Watched::default()))
                 .collect(),
             namespaces: Watched::default(),
+            shared: Interner::default(),
             label_keys: None,
             label_generation: 0,
         }
@@ -287,6 +359,15 @@ impl ClusterState {
         self.pod_scopes.values().flat_map(Watched::values)
     }
 
+    /// A copy of every pod store and the namespace labels, taken in time
+    /// independent of their size: reports are built from it off the lock.
+    pub fn pods_view(&self) -> PodsView {
+        PodsView {
+            pods: self.pod_scopes.values().map(Watched::view).collect(),
+            namespaces: self.namespaces.view(),
+        }
+    }
+
     pub fn pod_count(&self) -> usize {
         self.pod_scopes.values().map(Watched::len).sum()
     }
@@ -321,6 +402,11 @@ pub fn pod_key(pod: &PodRecord) -> PodKey {
     (pod.namespace.clone(), pod.name.clone())
 }
 
+/// The key of the pod `name` in `namespace`, for a lookup or a delete.
+pub fn key_of(namespace: &str, name: &str) -> PodKey {
+    (Arc::from(namespace), Arc::from(name))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -353,15 +439,15 @@ mod tests {
     fn a_relist_of_one_scope_leaves_the_others_whole() {
         let (a, b) = (Some("a".to_owned()), Some("b".to_owned()));
         let mut state = ClusterState::new([a.clone(), b.clone()]);
-        let record = |ns: &str, name: &str| PodRecord {
-            namespace: ns.to_owned(),
-            name: name.to_owned(),
-            uid: String::new(),
-            labels: Labels::new(),
-            phase: "Running".to_owned(),
+        let mut shared = Interner::default();
+        let mut record = |ns: &str, name: &str| PodRecord {
+            namespace: shared.string(ns),
+            name: Arc::from(name),
+            labels: shared.labels(Labels::new()),
+            phase: shared.string("Running"),
             created: None,
-            owners: Vec::new(),
-            containers: Vec::new(),
+            owners: shared.owners(Vec::new()),
+            containers: shared.containers(Vec::new()),
         };
         for (scope, ns) in [(&a, "a"), (&b, "b")] {
             let store = state.pod_scopes.get_mut(scope).unwrap();
@@ -492,15 +578,14 @@ mod tests {
         assert!(!s.is_synced());
         s.relist_started();
         s.relisted("a", 1);
-        assert!(!s.is_synced());
-        assert!(s.is_empty(), "a half-listed buffer is never visible");
+        assert!(!s.is_synced(), "a half-listed store is never reported from");
         s.relist_done();
         assert!(s.is_synced());
         assert_eq!(s.get(&"a"), Some(&1));
     }
 
     #[test]
-    fn a_relist_swaps_whole_and_reports_what_changed_meanwhile() {
+    fn a_relist_is_marked_into_the_live_store_and_sweeps_what_it_did_not_bring() {
         let mut s = w();
         s.relist_started();
         for (k, v) in [("keep", 1), ("change", 2), ("gone", 3)] {
@@ -509,21 +594,54 @@ mod tests {
         s.relist_done();
         s.relist_started();
         assert!(!s.is_synced(), "re-listing holds reports");
+        assert_eq!(s.relisted("keep", 1), None, "unchanged");
+        assert_eq!(s.relisted("change", 20), Some((Some(2), Some(20))));
+        assert_eq!(s.relisted("new", 4), Some((None, Some(4))));
+        assert_eq!(s.len(), 4, "one copy: the list goes into the live store");
         assert_eq!(
-            s.get(&"gone"),
-            Some(&3),
-            "the old view stays readable meanwhile"
+            s.relist_done(),
+            vec![(Some(3), None)],
+            "deleted while the watch was down"
         );
-        s.relisted("keep", 1);
-        s.relisted("change", 20);
-        s.relisted("new", 4);
-        let mut changes = s.relist_done();
-        changes.sort();
-        assert_eq!(
-            changes,
-            vec![(None, Some(4)), (Some(2), Some(20)), (Some(3), None)]
-        );
+        assert!(s.is_synced());
         assert_eq!(s.len(), 3);
         assert!(s.get(&"gone").is_none());
+        assert_eq!(s.get(&"keep"), Some(&1));
+    }
+
+    #[test]
+    fn an_object_changed_by_an_event_during_a_relist_is_kept() {
+        let mut s = w();
+        s.relist_started();
+        s.relisted("a", 1);
+        s.relisted("b", 2);
+        s.relist_done();
+        // A list that failed half way, then a new one: only the second counts.
+        s.relist_started();
+        s.relisted("a", 1);
+        s.relist_started();
+        s.relisted("b", 2);
+        s.apply("c", 3);
+        assert_eq!(s.relist_done(), vec![(Some(1), None)]);
+        assert_eq!(s.values().copied().collect::<Vec<_>>(), [2, 3]);
+    }
+
+    #[test]
+    fn a_view_is_a_copy_that_later_writes_do_not_touch() {
+        let mut s = w();
+        s.relist_started();
+        s.relisted("b", 2);
+        s.relisted("a", 1);
+        s.relist_done();
+        let view = s.view();
+        s.apply("a", 10);
+        s.delete(&"b");
+        s.apply("c", 3);
+        assert_eq!(
+            view.values().copied().collect::<Vec<_>>(),
+            [1, 2],
+            "key order"
+        );
+        assert_eq!(s.values().copied().collect::<Vec<_>>(), [10, 3]);
     }
 }

@@ -33,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::core::crd::KosliEnvironment;
 use crate::core::pod::{LabelKeys, PodRecord, selector_keys};
-use crate::k8s::store::{Change, ClusterState, SharedState, WatchHealth, pod_key};
+use crate::k8s::store::{Change, ClusterState, SharedState, WatchHealth, key_of, pod_key};
 use crate::observe::metrics::Metrics;
 
 /// Who is told what the watches saw (the reporter): called after the store is
@@ -241,14 +241,16 @@ pub async fn watch_pods(ctx: Arc<Watches>, namespace: Option<String>) {
             Step::Event(event) => event,
         };
         let (changes, listed) = {
-            let mut state = ctx.state.write();
+            let mut guard = ctx.state.write();
+            let state = &mut *guard;
             let keys = state.label_keys();
             let current = state.lists_complete_at(generation);
             let Some(store) = state.pod_scopes.get_mut(&scope) else {
                 return;
             };
             store.health.answered();
-            let decode = |pod: &Pod| PodRecord::decode(pod, keys.as_deref());
+            let shared = &mut state.shared;
+            let mut decode = |pod: &Pod| PodRecord::decode(pod, keys.as_deref(), shared);
             let result = match event {
                 Event::Apply(pod) => {
                     let record = decode(&pod);
@@ -258,7 +260,7 @@ pub async fn watch_pods(ctx: Arc<Watches>, namespace: Option<String>) {
                     )
                 }
                 Event::Delete(pod) => {
-                    let key = (pod.namespace().unwrap_or_default(), pod.name_any());
+                    let key = key_of(&pod.namespace().unwrap_or_default(), &pod.name_any());
                     (store.delete(&key).into_iter().collect(), false)
                 }
                 Event::Init => {
@@ -272,6 +274,8 @@ pub async fn watch_pods(ctx: Arc<Watches>, namespace: Option<String>) {
                     store.relist_started();
                     (Vec::new(), false)
                 }
+                // Reports wait for the list to end, and then every
+                // environment checks: changes met on the way need no wake-up.
                 Event::InitApply(pod) => {
                     let record = decode(&pod);
                     store.relisted(pod_key(&record), record);
@@ -283,7 +287,7 @@ pub async fn watch_pods(ctx: Arc<Watches>, namespace: Option<String>) {
                 Event::InitDone => {
                     let changes = store.relist_done();
                     tracing::info!(namespace = ?scope, pods = store.len(), "pod watch synced");
-                    publish_staleness(&ctx.metrics, &state);
+                    publish_staleness(&ctx.metrics, state);
                     (changes, true)
                 }
             };

@@ -2,6 +2,7 @@
 //! and the retries of docs/kosli-api.md. Errors keep Kosli's status and message; the
 //! token never leaves the Authorization header.
 
+use bytes::Bytes;
 use std::fmt;
 use std::future::Future;
 use std::net::IpAddr;
@@ -442,7 +443,7 @@ impl KosliClient {
     }
 
     /// `PUT /api/v2/environments/{org}/{env}/report/K8S` with a prepared body.
-    pub async fn report_k8s(&self, env: &str, body: Vec<u8>) -> Result<()> {
+    pub async fn report_k8s(&self, env: &str, body: impl Into<Bytes>) -> Result<()> {
         self.report_k8s_fenced(env, body, &Unfenced).await
     }
 
@@ -450,11 +451,11 @@ impl KosliClient {
     pub async fn report_k8s_fenced(
         &self,
         env: &str,
-        body: Vec<u8>,
+        body: impl Into<Bytes>,
         fence: &impl WriteFence,
     ) -> Result<()> {
         let path = ["environments", &self.org, env, "report", "K8S"];
-        self.send_fenced("report", Method::PUT, &path, &[], Some(body), fence)
+        self.send_fenced("report", Method::PUT, &path, &[], Some(body.into()), fence)
             .await
             .map(drop)
     }
@@ -510,7 +511,7 @@ impl KosliClient {
             Method::PUT,
             &["environments", &self.org],
             &[],
-            Some(body),
+            Some(body.into()),
             fence,
         )
         .await?;
@@ -560,8 +561,8 @@ impl KosliClient {
         method: Method,
         path: &[&str],
         query: &[(&str, &str)],
-        body: Option<Vec<u8>>,
-    ) -> Result<bytes::Bytes> {
+        body: Option<Bytes>,
+    ) -> Result<Bytes> {
         self.send_fenced(operation, method, path, query, body, &Unfenced)
             .await
     }
@@ -575,9 +576,9 @@ impl KosliClient {
         method: Method,
         path: &[&str],
         query: &[(&str, &str)],
-        body: Option<Vec<u8>>,
+        body: Option<Bytes>,
         fence: &impl WriteFence,
-    ) -> Result<bytes::Bytes> {
+    ) -> Result<Bytes> {
         let url = self.url(path, query);
         let method_name = method_name(&method);
         let display_path = format!("/api/v2/{}", path.join("/"));
@@ -646,7 +647,7 @@ impl KosliClient {
         &self,
         method: &Method,
         url: &Url,
-        body: Option<&Vec<u8>>,
+        body: Option<&Bytes>,
         operation: &'static str,
         method_name: &'static str,
         display_path: &str,
@@ -660,6 +661,7 @@ impl KosliClient {
         if let Some(body) = body {
             request = request
                 .header(header::CONTENT_TYPE, "application/json")
+                // A shared handle: no copy of a large body per attempt.
                 .body(body.clone());
         }
         let response = match request.send().await {

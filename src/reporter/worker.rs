@@ -5,6 +5,8 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
+use bytes::Bytes;
+
 use kube::Resource;
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
@@ -19,6 +21,7 @@ use super::machine::{Compliance, Effect, Failure, Input, Machine, Moment, Spec, 
 use super::status::Outcome;
 use super::{FIELD_MANAGER, Shared};
 use crate::core::crd::KosliEnvironment;
+use crate::core::selection::PodFilter;
 use crate::core::snapshot::{self, Snapshot};
 use crate::environments::IndexedEnvironment;
 use crate::k8s::events::EventType;
@@ -70,8 +73,10 @@ pub(super) struct Worker {
     cancel: CancellationToken,
     machine: Machine,
     token_changes: Option<watch::Receiver<u64>>,
-    /// The body of the snapshot last built, until it is sent.
-    body: Option<Vec<u8>>,
+    /// The body of the snapshot last built, until it is sent (or not).
+    body: Option<Bytes>,
+    /// Room to reserve for the next body: the last one's size, and a little.
+    last_body_len: usize,
 }
 
 fn machine_spec(env: &IndexedEnvironment) -> Spec {
@@ -120,6 +125,7 @@ impl Worker {
             machine,
             token_changes,
             body: None,
+            last_body_len: 0,
         }
     }
 
@@ -217,17 +223,24 @@ impl Worker {
             if let Some(input) = next {
                 queue.extend(self.machine.step(input, Moment::now()));
             }
+            // A body the machine did not decide to send is not kept: at
+            // scale it is the largest thing the process holds.
+            if !queue.iter().any(|e| matches!(e, Effect::Send { .. })) {
+                self.body = None;
+            }
         }
     }
 
     /// The snapshot from a complete, current view: `Built(None)` while a watch
-    /// is incomplete, `ViewStale` while one has failed for too long.
+    /// is incomplete, `ViewStale` while one has failed for too long. The view
+    /// is copied under the state lock in constant time and the report built
+    /// after it is let go: watches and reviews never wait for a large report.
     fn build(&mut self) -> Input {
         let env = self.env();
         let Ok(selection) = env.selection.as_ref() else {
             return Input::Built(None);
         };
-        let snap: Snapshot = {
+        let view = {
             let state = self.shared.state.read();
             if let Some(stale) = state.stale_view(selection.needs_namespace_labels()) {
                 return Input::ViewStale {
@@ -240,15 +253,14 @@ impl Worker {
             {
                 return Input::Built(None);
             }
-            let pods = state.pods().filter(|p| {
-                selection.selects_pod(
-                    &p.namespace,
-                    state.namespace_labels(&p.namespace),
-                    &p.labels,
-                )
-            });
-            snapshot::build(pods, selection.containers)
+            state.pods_view()
         };
+        let mut filter = PodFilter::new(selection);
+        let pods = view
+            .pods()
+            .filter(|p| filter.selects(p, |ns| view.namespace_labels(ns)));
+        let snap: Snapshot = snapshot::assemble(pods, selection.containers, self.last_body_len);
+        drop(view);
         for warning in &snap.warnings {
             tracing::warn!(environment = %env.kosli_env, "{warning}");
         }
@@ -258,7 +270,8 @@ impl Worker {
             config_ids: snap.config_id_count,
             hash: snap.hash,
         };
-        self.body = Some(snap.body);
+        self.last_body_len = snap.body.len() + snap.body.len() / 64;
+        self.body = Some(Bytes::from(snap.body));
         Input::Built(Some(summary))
     }
 

@@ -2,6 +2,7 @@ use k8s_openapi::api::core::v1::Pod;
 use serde_json::{Value, json};
 
 use super::*;
+use crate::core::fingerprint::FingerprintKind;
 
 const A: &str = "644a70516a26004c97d0d85c7fe1d0c3a67ea8ab7ddf4aff193d9f301670cf36";
 const B: &str = "b1f0f2d4a1e3c5b7d9f1a3c5e7b9d1f3a5c7e9b1d3f5a7c9e1b3d5f7a9c1e3b5";
@@ -54,7 +55,23 @@ fn exact_bytes_of_a_one_pod_report() {
         A
     );
     assert_eq!(String::from_utf8(snap.body.clone()).unwrap(), expected);
-    assert_eq!(snap.hash, hex::encode(Sha256::digest(expected.as_bytes())));
+
+    // The content hash, as documented: over each entry's fields, lengths first.
+    let mut content = Sha256::new();
+    content.update(b"kosli-operator K8S report content v1\n");
+    for text in ["web-7d9c5b6f7b-x2k4q", "prod"] {
+        content.update((text.len() as u64).to_le_bytes());
+        content.update(text);
+    }
+    content.update(1_787_134_198_i64.to_le_bytes());
+    content.update(Sha256::digest(format!(
+        r#"{{"docker.io/library/nginx:1.21.3":"{A}"}}"#
+    )));
+    content.update(Sha256::digest(concat!(
+        r#"[{"apiVersion":"apps/v1","kind":"ReplicaSet","name":"web-7d9c5b6f7b","#,
+        r#""uid":"0b6f0c1e-1111-2222-3333-444455556666","controller":true,"blockOwnerDeletion":true}]"#
+    )));
+    assert_eq!(snap.hash, hex::encode(content.finalize()));
     assert_eq!(
         (snap.pod_count, snap.artifact_count, snap.config_id_count),
         (1, 1, 0)
@@ -184,6 +201,52 @@ fn hash_changes_when_a_digest_changes() {
         &format!("nginx@sha256:{B}"),
     ))]);
     assert_ne!(one.hash, two.hash);
+}
+
+/// Equal bodies, equal hashes; different bodies, different hashes — also
+/// where a naive concatenation of the fields would be equal.
+#[test]
+fn the_content_hash_changes_exactly_when_the_body_does() {
+    let p = |ns: &str, name: &str, hex: &str, created: &str| {
+        let mut v = running(ns, name, "nginx:1", &format!("nginx@sha256:{hex}"));
+        v["metadata"]["creationTimestamp"] = json!(created);
+        v
+    };
+    let t1 = "2026-08-19T10:09:58Z";
+    let t2 = "2026-08-19T10:09:59Z";
+    let reports = [
+        vec![p("ab", "c", A, t1)],
+        vec![p("a", "bc", A, t1)],
+        vec![p("a", "bc", B, t1)],
+        vec![p("a", "bc", A, t2)],
+        vec![p("a", "bc", A, t1), p("a", "bd", A, t1)],
+        vec![p("a", "bcbd", A, t1)],
+        vec![],
+    ];
+    let mut seen = std::collections::BTreeMap::new();
+    for values in reports {
+        let shared: Vec<PodRecord> = {
+            let mut interner = crate::core::pod::Interner::default();
+            values
+                .iter()
+                .map(|v| {
+                    let pod: Pod = serde_json::from_value(v.clone()).unwrap();
+                    PodRecord::decode(&pod, None, &mut interner)
+                })
+                .collect()
+        };
+        let alone: Vec<PodRecord> = values.into_iter().map(pod).collect();
+        let (a, b) = (build_default(&shared), build_default(&alone));
+        assert_eq!(a, b, "sharing changes neither body nor hash");
+        if let Some(other) = seen.insert(a.hash.clone(), a.body.clone()) {
+            panic!(
+                "two bodies, one hash: {} and {}",
+                String::from_utf8_lossy(&other),
+                String::from_utf8_lossy(&a.body)
+            );
+        }
+    }
+    assert_eq!(seen.len(), 7);
 }
 
 #[test]
@@ -390,7 +453,7 @@ fn sidecars_and_ephemeral_containers_are_opt_in() {
 #[test]
 fn plain_init_containers_are_never_reported() {
     let p = pod_with_sidecar_init_and_ephemeral();
-    assert!(p.containers.iter().all(|c| c.name != "migrate"));
+    assert!(p.containers.list().iter().all(|c| c.name != "migrate"));
 }
 
 #[test]
@@ -405,4 +468,120 @@ fn config_ids_are_counted_once_per_fingerprint() {
         (snap.pod_count, snap.artifact_count, snap.config_id_count),
         (3, 2, 1)
     );
+}
+
+/// The body as serde writes it from the records (each value by serde, in
+/// Kosli's field order): what the assembled body must equal byte for byte.
+fn serialised_by_serde(pods: &[PodRecord], options: ContainerOptions) -> String {
+    let mut sorted: Vec<&PodRecord> = pods.iter().filter(|p| p.is_reportable_phase()).collect();
+    sorted.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    let mut entries = Vec::new();
+    for pod in sorted {
+        let mut digests = std::collections::BTreeMap::new();
+        for c in pod.containers.list().iter().filter(|c| c.counts(options)) {
+            if let Ok(image) = &c.image {
+                digests.insert(image.name.as_str(), image.fingerprint.hex.as_str());
+            }
+        }
+        if digests.is_empty() {
+            continue;
+        }
+        let owners = pod.owners.list();
+        let owners = (!owners.is_empty()).then_some(owners);
+        let text = |s: &str| serde_json::to_string(s);
+        entries.push(format!(
+            "{{\"podName\":{},\"namespace\":{},\"digests\":{},\"creationTimestamp\":{},\"owners\":{}}}",
+            text(&pod.name).unwrap(),
+            text(&pod.namespace).unwrap(),
+            serde_json::to_string(&digests).unwrap(),
+            pod.created.unwrap_or_default(),
+            serde_json::to_string(&owners).unwrap(),
+        ));
+    }
+    format!("{{\"artifacts\":[{}]}}", entries.join(","))
+}
+
+#[test]
+fn strings_are_escaped_exactly_as_serde_escapes_them() {
+    let mut every_char: String = (0u8..=0x7f).map(char::from).collect();
+    every_char.push_str("é€😀\u{2028}");
+    for s in [
+        every_char.as_str(),
+        "",
+        "plain-name",
+        "\"\\",
+        "a\u{0}b\u{1f}c\u{7f}",
+    ] {
+        let mut ours = Vec::new();
+        write_json_string(&mut ours, s);
+        assert_eq!(
+            String::from_utf8(ours).unwrap(),
+            serde_json::to_string(s).unwrap()
+        );
+    }
+}
+
+#[test]
+fn integers_are_written_as_serde_writes_them() {
+    for n in [0, 7, -7, 1_700_000_000, i64::MAX, i64::MIN, -1, 10, 100] {
+        let mut ours = Vec::new();
+        write_integer(&mut ours, n);
+        assert_eq!(String::from_utf8(ours).unwrap(), n.to_string());
+    }
+}
+
+/// Assembled from shared parts, the body is the serde body byte for byte, in
+/// any input order, with shared and unshared records mixed.
+#[test]
+fn the_assembled_body_is_the_serialised_body() {
+    let mut shared = crate::core::pod::Interner::default();
+    let mut pods = Vec::new();
+    for i in 0..300usize {
+        let hex = [A, B, C][i % 3];
+        let mut v = running(
+            &format!("ns-{}", (i * 7) % 5),
+            &format!("web-\"{}\\-{i}", i % 11),
+            &format!("registry.example/app-{}:1.{}", i % 4, i % 2),
+            &format!("registry.example/app@sha256:{hex}"),
+        );
+        v["metadata"]["creationTimestamp"] = json!(format!("20{:02}-01-02T03:04:05Z", 10 + i % 50));
+        if i % 3 != 0 {
+            v["metadata"]["ownerReferences"] = json!([{
+                "apiVersion": "apps/v1", "kind": "ReplicaSet", "name": format!("web-{}", i % 5),
+                "uid": "u", "controller": i % 2 == 0,
+            }]);
+        }
+        if i % 13 == 0 {
+            v["status"]["phase"] = json!(["Pending", "Failed", "Succeeded"][i % 3]);
+        }
+        if i % 17 == 0 {
+            v["status"]["containerStatuses"][0]["imageID"] = json!("");
+        }
+        let pod: Pod = serde_json::from_value(v).unwrap();
+        pods.push(if i % 2 == 0 {
+            PodRecord::decode(&pod, None, &mut shared)
+        } else {
+            PodRecord::from(&pod)
+        });
+    }
+    let options = ContainerOptions::default();
+    let snap = build(&pods, options);
+    assert!(snap.pod_count > 200, "{}", snap.pod_count);
+    let expected = serialised_by_serde(&pods, options);
+    let ours = String::from_utf8(snap.body.clone()).unwrap();
+    let first_difference = ours
+        .bytes()
+        .zip(expected.bytes())
+        .position(|(a, b)| a != b)
+        .map(|at| &ours[at.saturating_sub(80)..(at + 40).min(ours.len())]);
+    assert_eq!(first_difference, None, "the bodies differ");
+    assert_eq!(ours.len(), expected.len());
+    pods.reverse();
+    assert_eq!(build(&pods, options), snap, "input order does not matter");
+    assert_eq!(
+        assemble(&pods, options, 1 << 20),
+        snap,
+        "nor the room reserved"
+    );
+    assert_eq!(snap.artifact_count, 3);
 }
