@@ -1,6 +1,7 @@
 # syntax=docker/dockerfile:1
-# The kosli-operator image: built with the same `cargo build --release --locked`
-# that .ci/run runs, then copied onto a distroless, non-root runtime with no
+# The kosli-operator image: built with the `dist` profile (the release profile
+# with fat LTO, one codegen unit and symbols stripped: 15 MB instead of 27 MB,
+# see Cargo.toml), then copied onto a distroless, non-root runtime with no
 # shell. The binary needs only glibc and CA certificates (both in the base).
 
 FROM docker.io/library/rust:1.95-bookworm AS build
@@ -8,8 +9,8 @@ WORKDIR /src
 COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked --bin kosli-operator \
- && install -m 0755 target/release/kosli-operator /kosli-operator
+    cargo build --profile dist --locked --bin kosli-operator \
+ && install -m 0755 target/dist/kosli-operator /kosli-operator
 
 FROM gcr.io/distroless/cc-debian12:nonroot
 COPY --from=build /kosli-operator /usr/local/bin/kosli-operator
