@@ -195,6 +195,19 @@ impl ApiServer {
         }
     }
 
+    /// GET `path` as the admin: the status and the body.
+    pub async fn get(&self, path: &str) -> (u16, bytes::Bytes) {
+        let response = self
+            .http
+            .get(format!("{}{path}", self.url))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.bytes().await.unwrap())
+    }
+
     pub async fn metrics(&self) -> ApiMetrics {
         let text = self
             .http
