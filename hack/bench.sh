@@ -3,7 +3,9 @@
 # (cargo bench --bench micro), then the end-to-end ones against the real test
 # environment (benches/e2e.rs: reporter latency and API-server load at 1k and
 # 10k pods, side by side with the CronJob way; the admission webhook warm and
-# cold). Run it on an otherwise idle machine: the figures are timings.
+# cold; benches/scale.rs: the reporter's budgets at 150k pods, which it writes
+# straight into etcd, so that test environment stores JSON). Run it on an
+# otherwise idle machine: the figures are timings.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -39,6 +41,9 @@ cargo bench --locked --no-run >&2
   hack/testenv/with-testenv.sh cargo bench --locked --bench e2e -- --pods 10000 --only reporter 2>/dev/null
   echo
   hack/testenv/with-testenv.sh cargo bench --locked --bench e2e -- --only admission 2>/dev/null
+  echo
+  TESTENV_STORAGE_JSON=1 hack/testenv/with-testenv.sh \
+    cargo bench --locked --bench scale -- --pods 150000 2>/dev/null
 } > "$tmp"
 chmod 644 "$tmp"
 mv "$tmp" "$out"

@@ -6,6 +6,9 @@
 # Ports are free ones picked at start; override with TESTENV_ETCD_PORT, TESTENV_ETCD_PEER_PORT,
 # TESTENV_APISERVER_PORT, TESTENV_REGISTRY_PORT, TESTENV_REGISTRY_BASIC_PORT,
 # TESTENV_REGISTRY_BEARER_PORT, TESTENV_TOKEN_ISSUER_PORT.
+# TESTENV_STORAGE_JSON=1 makes the apiserver store objects in etcd as JSON instead of protobuf
+# (--storage-media-type=application/json), so a benchmark can write objects straight into etcd
+# (as JSON under /registry/<resource>/<namespace>/<name>) far faster than through the API.
 #
 # It writes RUN_DIR/testenv.env: KEY=VALUE lines (no quotes, no export) for the tests:
 #   TESTENV_RUN_DIR               absolute RUN_DIR (logs: RUN_DIR/*.log)
@@ -27,6 +30,7 @@
 #                                 gives as --webhook-client-ca
 #   TESTENV_WEBHOOK_CLIENT_CERT, TESTENV_WEBHOOK_CLIENT_KEY   that client certificate and key
 #   TESTENV_ETCD_URL              http://127.0.0.1:PORT (plain HTTP, loopback)
+#   TESTENV_STORAGE_JSON          1 if objects are stored in etcd as JSON (see above), else 0
 #   TESTENV_REGISTRY              host:port of the anonymous plain-HTTP registry
 #   TESTENV_REGISTRY_BASIC        host:port of the registry behind HTTP Basic auth
 #   TESTENV_REGISTRY_BASIC_USER, TESTENV_REGISTRY_BASIC_PASSWORD
@@ -222,8 +226,11 @@ plugins:
     kind: WebhookAdmissionConfiguration
     kubeConfigFile: $RUN/apiserver/webhook-kubeconfig.yaml
 EOF
+STORAGE_JSON=${TESTENV_STORAGE_JSON:-0}
+STORAGE_ARGS=()
+if [ "$STORAGE_JSON" = 1 ]; then STORAGE_ARGS=(--storage-media-type=application/json); fi
 # No controller-manager runs, so the ServiceAccount admission plugin (which needs default SAs) is off.
-launch apiserver "$KUBE_APISERVER" --etcd-servers="$ETCD_URL" \
+launch apiserver "$KUBE_APISERVER" --etcd-servers="$ETCD_URL" "${STORAGE_ARGS[@]}" \
   --bind-address=$HOST --advertise-address=$HOST --secure-port="$P_API" --insecure-port=0 \
   --tls-cert-file="$TLS/apiserver.crt" --tls-private-key-file="$TLS/apiserver.key" \
   --client-ca-file="$TLS/ca.crt" --cert-dir="$RUN/apiserver/certs" \
@@ -424,6 +431,7 @@ TESTENV_WEBHOOK_CLIENT_CA=$TLS/webhook-client-ca.crt
 TESTENV_WEBHOOK_CLIENT_CERT=$TLS/webhook-client.crt
 TESTENV_WEBHOOK_CLIENT_KEY=$TLS/webhook-client.key
 TESTENV_ETCD_URL=$ETCD_URL
+TESTENV_STORAGE_JSON=$STORAGE_JSON
 TESTENV_REGISTRY=$REG
 TESTENV_REGISTRY_BASIC=$REG_BASIC
 TESTENV_REGISTRY_BASIC_USER=$BASIC_USER
