@@ -62,6 +62,24 @@ pub fn assemble<'a>(
     options: ContainerOptions,
     expected_bytes: usize,
 ) -> Snapshot {
+    assemble_into(pods, options, Some(expected_bytes))
+}
+
+/// As [`assemble`] without writing the body (`body` is empty): what the
+/// report would contain and its content hash, to decide whether to send it
+/// before paying for a body that may never be sent.
+pub fn summarise<'a>(
+    pods: impl IntoIterator<Item = &'a PodRecord>,
+    options: ContainerOptions,
+) -> Snapshot {
+    assemble_into(pods, options, None)
+}
+
+fn assemble_into<'a>(
+    pods: impl IntoIterator<Item = &'a PodRecord>,
+    options: ContainerOptions,
+    body_bytes: Option<usize>,
+) -> Snapshot {
     let mut pods: Vec<&PodRecord> = pods
         .into_iter()
         .filter(|p| p.is_reportable_phase())
@@ -71,8 +89,10 @@ pub fn assemble<'a>(
         pods.sort_by_cached_key(order);
     }
 
-    let mut body = Vec::with_capacity(expected_bytes.max(64));
-    body.extend_from_slice(b"{\"artifacts\":[");
+    let mut body = Vec::with_capacity(body_bytes.map_or(0, |n| n.max(64)));
+    if body_bytes.is_some() {
+        body.extend_from_slice(b"{\"artifacts\":[");
+    }
     let mut warnings = Vec::new();
     let mut counted: HashSet<*const Digests> = HashSet::new();
     let mut fingerprints: HashSet<&str> = HashSet::new();
@@ -113,22 +133,10 @@ pub fn assemble<'a>(
                 }
             }
         }
-        if pod_count > 0 {
-            body.push(b',');
-        }
         pod_count += 1;
-        body.extend_from_slice(b"{\"podName\":");
-        write_json_string(&mut body, &pod.name);
-        body.extend_from_slice(b",\"namespace\":");
-        write_json_string(&mut body, &pod.namespace);
-        body.extend_from_slice(b",\"digests\":");
-        body.extend_from_slice(&digests.json);
-        body.extend_from_slice(b",\"creationTimestamp\":");
-        write_integer(&mut body, pod.created.unwrap_or_default());
-        body.extend_from_slice(b",\"owners\":");
-        body.extend_from_slice(pod.owners.json());
-        body.push(b'}');
-
+        if body_bytes.is_some() {
+            write_entry(&mut body, pod, digests, pod_count == 1);
+        }
         // Lengths first, so that no two entries hash alike: the fields are
         // then read back unambiguously from the bytes hashed.
         entry.clear();
@@ -141,7 +149,9 @@ pub fn assemble<'a>(
         entry.extend_from_slice(pod.owners.sha256());
         content.update(&entry);
     }
-    body.extend_from_slice(b"]}");
+    if body_bytes.is_some() {
+        body.extend_from_slice(b"]}");
+    }
 
     Snapshot {
         hash: hex::encode(content.finalize()),
@@ -151,6 +161,23 @@ pub fn assemble<'a>(
         config_id_count: config_ids.len(),
         warnings,
     }
+}
+
+fn write_entry(body: &mut Vec<u8>, pod: &PodRecord, digests: &Digests, first: bool) {
+    if !first {
+        body.push(b',');
+    }
+    body.extend_from_slice(b"{\"podName\":");
+    write_json_string(body, &pod.name);
+    body.extend_from_slice(b",\"namespace\":");
+    write_json_string(body, &pod.namespace);
+    body.extend_from_slice(b",\"digests\":");
+    body.extend_from_slice(&digests.json);
+    body.extend_from_slice(b",\"creationTimestamp\":");
+    write_integer(body, pod.created.unwrap_or_default());
+    body.extend_from_slice(b",\"owners\":");
+    body.extend_from_slice(pod.owners.json());
+    body.push(b'}');
 }
 
 /// Sets the content hash apart from any other sha256 (of a body, say).

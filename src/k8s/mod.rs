@@ -5,5 +5,6 @@ pub mod client;
 pub mod events;
 pub mod leader;
 pub mod pod_file;
+pub mod reported_pod;
 pub mod store;
 pub mod watches;

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::core::v1::Namespace;
 use kube::ResourceExt;
 use kube::api::Api;
 use kube::runtime::WatchStreamExt;
@@ -33,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::core::crd::KosliEnvironment;
 use crate::core::pod::{LabelKeys, PodRecord, selector_keys};
+use crate::k8s::reported_pod::ReportedPod;
 use crate::k8s::store::{Change, ClusterState, SharedState, WatchHealth, key_of, pod_key};
 use crate::observe::metrics::Metrics;
 
@@ -200,7 +201,7 @@ async fn next_step<K>(
     }
 }
 
-fn pod_stream(api: &Api<Pod>, ctx: &Watches) -> EventStream<Pod> {
+fn pod_stream(api: &Api<ReportedPod>, ctx: &Watches) -> EventStream<ReportedPod> {
     watcher::watcher(api.clone(), config(ctx.stale_view_after))
         .default_backoff()
         .boxed()
@@ -214,7 +215,8 @@ pub async fn watch_pods(ctx: Arc<Watches>, namespace: Option<String>) {
         tracing::error!(namespace = ?scope, "this pod scope is already watched; not watching it twice");
         return;
     }
-    let api: Api<Pod> = match &namespace {
+    // Pods are read as `ReportedPod`: only what a report or a selection uses.
+    let api: Api<ReportedPod> = match &namespace {
         Some(ns) => Api::namespaced(ctx.client.clone(), ns),
         None => Api::all(ctx.client.clone()),
     };
@@ -250,7 +252,7 @@ pub async fn watch_pods(ctx: Arc<Watches>, namespace: Option<String>) {
             };
             store.health.answered();
             let shared = &mut state.shared;
-            let mut decode = |pod: &Pod| PodRecord::decode(pod, keys.as_deref(), shared);
+            let mut decode = |pod: &ReportedPod| PodRecord::decode(&pod.0, keys.as_deref(), shared);
             let result = match event {
                 Event::Apply(pod) => {
                     let record = decode(&pod);

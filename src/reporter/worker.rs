@@ -21,10 +21,12 @@ use super::machine::{Compliance, Effect, Failure, Input, Machine, Moment, Spec, 
 use super::status::Outcome;
 use super::{FIELD_MANAGER, Shared};
 use crate::core::crd::KosliEnvironment;
-use crate::core::selection::PodFilter;
-use crate::core::snapshot::{self, Snapshot};
+use crate::core::pod::PodRecord;
+use crate::core::selection::{PodFilter, Selection};
+use crate::core::snapshot;
 use crate::environments::IndexedEnvironment;
 use crate::k8s::events::EventType;
+use crate::k8s::store::PodsView;
 
 /// How long to sleep when the machine waits only for inputs.
 const IDLE: std::time::Duration = std::time::Duration::from_secs(3600);
@@ -73,10 +75,18 @@ pub(super) struct Worker {
     cancel: CancellationToken,
     machine: Machine,
     token_changes: Option<watch::Receiver<u64>>,
-    /// The body of the snapshot last built, until it is sent (or not).
-    body: Option<Bytes>,
+    /// What the snapshot last built was built from, until it is sent (or
+    /// not): the body is written only for a send, from this same view.
+    built: Option<Built>,
     /// Room to reserve for the next body: the last one's size, and a little.
     last_body_len: usize,
+}
+
+/// A snapshot decided on but not yet written: the view and the spec it was
+/// summarised from, so that the body sent is exactly the one hashed.
+struct Built {
+    view: PodsView,
+    env: Arc<IndexedEnvironment>,
 }
 
 fn machine_spec(env: &IndexedEnvironment) -> Spec {
@@ -124,7 +134,7 @@ impl Worker {
             cancel,
             machine,
             token_changes,
-            body: None,
+            built: None,
             last_body_len: 0,
         }
     }
@@ -223,10 +233,10 @@ impl Worker {
             if let Some(input) = next {
                 queue.extend(self.machine.step(input, Moment::now()));
             }
-            // A body the machine did not decide to send is not kept: at
-            // scale it is the largest thing the process holds.
+            // A view the machine did not decide to send is not kept: it
+            // holds on to records the store has since replaced.
             if !queue.iter().any(|e| matches!(e, Effect::Send { .. })) {
-                self.body = None;
+                self.built = None;
             }
         }
     }
@@ -255,12 +265,7 @@ impl Worker {
             }
             state.pods_view()
         };
-        let mut filter = PodFilter::new(selection);
-        let pods = view
-            .pods()
-            .filter(|p| filter.selects(p, |ns| view.namespace_labels(ns)));
-        let snap: Snapshot = snapshot::assemble(pods, selection.containers, self.last_body_len);
-        drop(view);
+        let snap = snapshot::summarise(selected(&view, selection), selection.containers);
         for warning in &snap.warnings {
             tracing::warn!(environment = %env.kosli_env, "{warning}");
         }
@@ -270,9 +275,26 @@ impl Worker {
             config_ids: snap.config_id_count,
             hash: snap.hash,
         };
-        self.last_body_len = snap.body.len() + snap.body.len() / 64;
-        self.body = Some(Bytes::from(snap.body));
+        self.built = Some(Built { view, env });
         Input::Built(Some(summary))
+    }
+
+    /// The body of the snapshot last built: written only now that it is to
+    /// be sent (at scale, tens of megabytes no unchanged report needs).
+    fn body(&mut self) -> Bytes {
+        let Some(Built { view, env }) = self.built.take() else {
+            return Bytes::new();
+        };
+        let Ok(selection) = env.selection.as_ref() else {
+            return Bytes::new();
+        };
+        let snap = snapshot::assemble(
+            selected(&view, selection),
+            selection.containers,
+            self.last_body_len,
+        );
+        self.last_body_len = snap.body.len() + snap.body.len() / 64;
+        Bytes::from(snap.body)
     }
 
     /// Sends the snapshot just built; `None` when the send was fenced off
@@ -280,7 +302,7 @@ impl Worker {
     async fn send(&mut self, ensure_environment: bool) -> Option<Input> {
         let env = self.env();
         let kosli_env = &env.kosli_env;
-        let body = self.body.take().unwrap_or_default();
+        let body = self.body();
         let bytes = body.len();
         let pods = self.machine.summary().map_or(0, |s| s.pods);
         let Some(kosli) = &self.shared.kosli else {
@@ -397,4 +419,14 @@ impl Worker {
             tracing::warn!(kosli_environment = %self.name, "failed to record event {reason}: {e}");
         }
     }
+}
+
+/// The pods of `view` that `selection` takes, in report order.
+fn selected<'a>(
+    view: &'a PodsView,
+    selection: &'a Selection,
+) -> impl Iterator<Item = &'a PodRecord> {
+    let mut filter = PodFilter::new(selection);
+    view.pods()
+        .filter(move |p| filter.selects(p, |ns| view.namespace_labels(ns)))
 }

@@ -585,3 +585,22 @@ fn the_assembled_body_is_the_serialised_body() {
     );
     assert_eq!(snap.artifact_count, 3);
 }
+
+#[test]
+fn a_summary_is_the_snapshot_without_its_body() {
+    let pods = [
+        pod(running("a", "p1", "nginx:1", &format!("nginx@sha256:{A}"))),
+        pod(running("a", "p2", "nginx:1", "")),
+        pod(running("b", "p1", "redis:7", &format!("redis@sha256:{B}"))),
+    ];
+    let full = build_default(&pods);
+    let summary = summarise(&pods, ContainerOptions::default());
+    assert!(summary.body.is_empty());
+    assert_eq!(
+        Snapshot {
+            body: full.body.clone(),
+            ..summary
+        },
+        full
+    );
+}
