@@ -56,6 +56,9 @@ const WAVES: usize = 10;
 const WAVE_DEPLOYMENTS: usize = 5;
 /// Single-pod changes after each rollout.
 const SINGLES_PER_WAVE: usize = 2;
+/// How long a lone change waits after the last report: the default debounce
+/// (1 s) and a margin.
+const LONE_CHANGE_GAP: Duration = Duration::from_millis(1500);
 /// Requests in flight to the API server from the bench.
 const CONCURRENCY: usize = 16;
 /// The CronJob way: one run every 5 minutes for an hour.
@@ -473,6 +476,9 @@ async fn reporter(env: &TestEnv, client: &Client, id: &str, n: usize) -> String 
         tracker.pending.extend(changes);
         tracker.settle(&fake, Duration::from_secs(60)).await;
         for _ in 0..SINGLES_PER_WAVE {
+            // A lone change comes after a quiet period: more than the
+            // debounce after the last report and the last change.
+            tokio::time::sleep(LONE_CHANGE_GAP).await;
             let changes = fleet
                 .patch(client, &[fleet.single(single)], 100 + single, true)
                 .await;

@@ -62,7 +62,9 @@ pub fn assemble<'a>(
     options: ContainerOptions,
     expected_bytes: usize,
 ) -> Snapshot {
-    assemble_into(pods, options, Some(expected_bytes))
+    in_order(pods, |pods| {
+        assemble_into(pods, options, Some(expected_bytes))
+    })
 }
 
 /// As [`assemble`] without writing the body (`body` is empty): what the
@@ -72,36 +74,61 @@ pub fn summarise<'a>(
     pods: impl IntoIterator<Item = &'a PodRecord>,
     options: ContainerOptions,
 ) -> Snapshot {
-    assemble_into(pods, options, None)
+    in_order(pods, |pods| assemble_into(pods, options, None))
 }
 
-fn assemble_into<'a>(
+/// As [`assemble`], for pods the caller yields in (namespace, name) order,
+/// as the reporter's store does: one pass, nothing collected or sorted.
+pub fn assemble_ordered<'a>(
     pods: impl IntoIterator<Item = &'a PodRecord>,
     options: ContainerOptions,
-    body_bytes: Option<usize>,
+    expected_bytes: usize,
 ) -> Snapshot {
-    let mut pods: Vec<&PodRecord> = pods
-        .into_iter()
-        .filter(|p| p.is_reportable_phase())
-        .collect();
+    assemble_into(pods.into_iter(), options, Some(expected_bytes))
+}
+
+/// As [`summarise`], for pods in (namespace, name) order.
+pub fn summarise_ordered<'a>(
+    pods: impl IntoIterator<Item = &'a PodRecord>,
+    options: ContainerOptions,
+) -> Snapshot {
+    assemble_into(pods.into_iter(), options, None)
+}
+
+/// Runs `then` over `pods` in (namespace, name) order.
+fn in_order<'a>(
+    pods: impl IntoIterator<Item = &'a PodRecord>,
+    then: impl FnOnce(std::vec::IntoIter<&'a PodRecord>) -> Snapshot,
+) -> Snapshot {
+    let mut pods: Vec<&PodRecord> = pods.into_iter().collect();
     let order = |p: &&PodRecord| (p.namespace.clone(), p.name.clone());
     if !pods.is_sorted_by(|a, b| (&*a.namespace, &*a.name) <= (&*b.namespace, &*b.name)) {
         pods.sort_by_cached_key(order);
     }
+    then(pods.into_iter())
+}
 
+fn assemble_into<'a>(
+    pods: impl Iterator<Item = &'a PodRecord>,
+    options: ContainerOptions,
+    body_bytes: Option<usize>,
+) -> Snapshot {
     let mut body = Vec::with_capacity(body_bytes.map_or(0, |n| n.max(64)));
     if body_bytes.is_some() {
         body.extend_from_slice(b"{\"artifacts\":[");
     }
     let mut warnings = Vec::new();
     let mut counted: HashSet<*const Digests> = HashSet::new();
+    let mut last_counted: *const Digests = std::ptr::null();
     let mut fingerprints: HashSet<&str> = HashSet::new();
     let mut config_ids: HashSet<&str> = HashSet::new();
     let mut pod_count = 0;
     let mut content = Sha256::new();
     content.update(CONTENT_HASH_DOMAIN);
     let mut entry = Vec::with_capacity(256);
-    for pod in pods {
+    let mut last_namespace: Option<&str> = None;
+    let mut last_parts: Option<(&[u8; 32], &[u8; 32])> = None;
+    for pod in pods.filter(|p| p.is_reportable_phase()) {
         let digests = pod.containers.digests(options);
         if !digests.any {
             let reason = if digests.unusable.is_empty() {
@@ -124,8 +151,10 @@ fn assemble_into<'a>(
                 digests.unusable.join(", ")
             ));
         }
-        // Replicas share one `Digests`: their fingerprints are counted once.
-        if counted.insert(std::ptr::from_ref(digests)) {
+        // Replicas share one `Digests`, and sit next to each other in name
+        // order: their fingerprints are counted once, mostly without a lookup.
+        let shared = std::ptr::from_ref(digests);
+        if shared != last_counted && counted.insert(shared) {
             for (hex, config_id) in &digests.fingerprints {
                 fingerprints.insert(hex);
                 if *config_id {
@@ -133,21 +162,37 @@ fn assemble_into<'a>(
                 }
             }
         }
+        last_counted = shared;
         pod_count += 1;
         if body_bytes.is_some() {
             write_entry(&mut body, pod, digests, pod_count == 1);
         }
         // Lengths first, so that no two entries hash alike: the fields are
-        // then read back unambiguously from the bytes hashed.
+        // then read back unambiguously from the bytes hashed. A namespace or
+        // a pair of shared parts equal to the entry before is one byte (0)
+        // rather than repeated (1 and the value): replicas sit side by side.
         entry.clear();
-        for text in [&*pod.name, &*pod.namespace] {
-            entry.extend_from_slice(&(text.len() as u64).to_le_bytes());
-            entry.extend_from_slice(text.as_bytes());
+        entry.extend_from_slice(&(pod.name.len() as u64).to_le_bytes());
+        entry.extend_from_slice(pod.name.as_bytes());
+        if last_namespace.is_some_and(|ns| *ns == *pod.namespace) {
+            entry.push(0);
+        } else {
+            entry.push(1);
+            entry.extend_from_slice(&(pod.namespace.len() as u64).to_le_bytes());
+            entry.extend_from_slice(pod.namespace.as_bytes());
         }
         entry.extend_from_slice(&pod.created.unwrap_or_default().to_le_bytes());
-        entry.extend_from_slice(&digests.sha256);
-        entry.extend_from_slice(pod.owners.sha256());
+        let parts = (&digests.sha256, pod.owners.sha256());
+        if last_parts == Some(parts) {
+            entry.push(0);
+        } else {
+            entry.push(1);
+            entry.extend_from_slice(parts.0);
+            entry.extend_from_slice(parts.1);
+        }
         content.update(&entry);
+        last_namespace = Some(&pod.namespace);
+        last_parts = Some(parts);
     }
     if body_bytes.is_some() {
         body.extend_from_slice(b"]}");
@@ -181,7 +226,7 @@ fn write_entry(body: &mut Vec<u8>, pod: &PodRecord, digests: &Digests, first: bo
 }
 
 /// Sets the content hash apart from any other sha256 (of a body, say).
-const CONTENT_HASH_DOMAIN: &[u8] = b"kosli-operator K8S report content v1\n";
+const CONTENT_HASH_DOMAIN: &[u8] = b"kosli-operator K8S report content v2\n";
 
 /// Writes `s` as a JSON string, escaped exactly as serde_json escapes it.
 fn write_json_string(out: &mut Vec<u8>, s: &str) {

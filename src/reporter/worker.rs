@@ -265,7 +265,7 @@ impl Worker {
             }
             state.pods_view()
         };
-        let snap = snapshot::summarise(selected(&view, selection), selection.containers);
+        let snap = snapshot::summarise_ordered(selected(&view, selection), selection.containers);
         for warning in &snap.warnings {
             tracing::warn!(environment = %env.kosli_env, "{warning}");
         }
@@ -288,7 +288,7 @@ impl Worker {
         let Ok(selection) = env.selection.as_ref() else {
             return Bytes::new();
         };
-        let snap = snapshot::assemble(
+        let snap = snapshot::assemble_ordered(
             selected(&view, selection),
             selection.containers,
             self.last_body_len,

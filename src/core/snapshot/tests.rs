@@ -58,12 +58,16 @@ fn exact_bytes_of_a_one_pod_report() {
 
     // The content hash, as documented: over each entry's fields, lengths first.
     let mut content = Sha256::new();
-    content.update(b"kosli-operator K8S report content v1\n");
-    for text in ["web-7d9c5b6f7b-x2k4q", "prod"] {
+    content.update(b"kosli-operator K8S report content v2\n");
+    for (i, text) in ["web-7d9c5b6f7b-x2k4q", "prod"].into_iter().enumerate() {
+        if i == 1 {
+            content.update([1]); // a namespace unlike the entry before's
+        }
         content.update((text.len() as u64).to_le_bytes());
         content.update(text);
     }
     content.update(1_787_134_198_i64.to_le_bytes());
+    content.update([1]); // shared parts unlike the entry before's
     content.update(Sha256::digest(format!(
         r#"{{"docker.io/library/nginx:1.21.3":"{A}"}}"#
     )));
@@ -583,6 +587,13 @@ fn the_assembled_body_is_the_serialised_body() {
         snap,
         "nor the room reserved"
     );
+    pods.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    assert_eq!(
+        assemble_ordered(&pods, options, 0),
+        snap,
+        "in order: one pass"
+    );
+    assert_eq!(summarise_ordered(&pods, options).hash, snap.hash);
     assert_eq!(snap.artifact_count, 3);
 }
 
