@@ -86,9 +86,9 @@ fn pod_json(i: usize) -> Value {
     })
 }
 
-/// The reporter's state holding `n` pods, decoded as the pod watch decodes
+/// The reporter's state holding `pods`, decoded as the pod watch decodes
 /// them (shared values interned, labels kept for the `app` selector key).
-fn state_with(n: usize) -> ClusterState {
+fn state_of(pods: impl Iterator<Item = Pod>) -> ClusterState {
     let mut state = ClusterState::new([None]);
     state.set_label_keys(["app".to_owned()].into());
     let keys = state.label_keys();
@@ -97,13 +97,16 @@ fn state_with(n: usize) -> ClusterState {
     } = &mut state;
     let store = pod_scopes.get_mut(&None).expect("the cluster-wide store");
     store.relist_started();
-    for i in 0..n {
-        let pod: Pod = serde_json::from_value(pod_json(i)).expect("bench pod");
+    for pod in pods {
         let record = PodRecord::decode(&pod, keys.as_deref(), shared);
         store.relisted(pod_key(&record), record);
     }
     store.relist_done();
     state
+}
+
+fn state_with(n: usize) -> ClusterState {
+    state_of((0..n).map(|i| serde_json::from_value(pod_json(i)).expect("bench pod")))
 }
 
 /// What a reporter worker does per report: copy the view, select, assemble.
@@ -297,23 +300,14 @@ fn memory_child(spec: &str) {
     let before = rss_kib();
     let held: usize = match kind {
         "compact" => {
-            let mut state = ClusterState::new([None]);
-            state.set_label_keys(["app".to_owned()].into());
-            let keys = state.label_keys();
-            let ClusterState {
-                pod_scopes, shared, ..
-            } = &mut state;
-            let store = pod_scopes.get_mut(&None).expect("the cluster-wide store");
-            store.relist_started();
-            for j in &jsons {
-                let pod: Pod = serde_json::from_slice(j).expect("pod");
-                let r = PodRecord::decode(&pod, keys.as_deref(), shared);
-                store.relisted(pod_key(&r), r);
-            }
-            store.relist_done();
-            let len = store.len();
+            let state = state_of(
+                jsons
+                    .iter()
+                    .map(|j| serde_json::from_slice(j).expect("pod")),
+            );
+            let len = state.pod_count();
             let after = rss_kib();
-            black_box(&store);
+            black_box(&state);
             println!("{}", (after.saturating_sub(before)) * 1024);
             len
         }

@@ -355,10 +355,6 @@ impl ClusterState {
         !self.pod_scopes.is_empty() && self.pod_scopes.values().all(Watched::is_synced)
     }
 
-    pub fn pods(&self) -> impl Iterator<Item = &PodRecord> {
-        self.pod_scopes.values().flat_map(Watched::values)
-    }
-
     /// A copy of every pod store and the namespace labels, taken in time
     /// independent of their size: reports are built from it off the lock.
     pub fn pods_view(&self) -> PodsView {
