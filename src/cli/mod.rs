@@ -239,8 +239,9 @@ pub struct RunArgs {
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     pub debounce: Duration,
 
-    /// The longest a report is held back while changes keep coming.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    /// The longest a report is held back while changes keep coming: a
+    /// rollout reaches Kosli within about this long, in one report per period.
+    #[arg(long, default_value = "3s", value_parser = parse_duration)]
     pub max_debounce: Duration,
 
     /// Kubeconfig to use (default: KUBECONFIG, ~/.kube/config, or in-cluster).
