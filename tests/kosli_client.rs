@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 use kosli_operator::Error;
 use kosli_operator::error::ImageError;
 use kosli_operator::kosli::{
-    ApiToken, AssertOutcome, EnsureOutcome, KosliClient, KosliConfig, RetryPolicy, WriteFence,
+    ApiToken, AssertOutcome, EnsureOutcome, KosliClient, KosliConfig, RetryPolicy, Streamed,
+    WriteFence,
 };
 use serde_json::json;
 use support::fake_kosli::{FakeKosli, ORG, Scripted, TOKEN};
@@ -116,6 +117,55 @@ async fn strict_contract_rejects_unknown_fields_and_bad_digests() {
         "{err}"
     );
     assert_eq!(fake.requests().len(), 3, "a 400 is final: no retries");
+    assert!(fake.reports("prod").is_empty());
+}
+
+/// `report_body()` in pieces of `piece` bytes, declared as `declared` long.
+fn streamed(piece: usize, declared: usize) -> Streamed {
+    Streamed::new(declared as u64, move |sender| async move {
+        for chunk in report_body().chunks(piece) {
+            if sender.send(chunk.to_vec().into()).await.is_err() {
+                return;
+            }
+        }
+    })
+}
+
+#[tokio::test]
+async fn a_streamed_report_declares_its_length_and_is_written_afresh_for_a_retry() {
+    let fake = FakeKosli::start().await;
+    fake.add_environment("prod", "K8S");
+    fake.script([Scripted::status(503, "Service unavailable")]);
+    let len = report_body().len();
+    client(&fake)
+        .report_k8s("prod", streamed(7, len))
+        .await
+        .expect("accepted after the retry");
+    let requests = fake.requests();
+    assert_eq!(requests.len(), 2);
+    for r in &requests {
+        assert_eq!(r.body, report_body());
+        assert_eq!(r.headers["content-length"], len.to_string().as_str());
+        assert!(!r.headers.contains_key("transfer-encoding"));
+    }
+    assert_eq!(fake.reports("prod").len(), 1);
+}
+
+#[tokio::test]
+async fn a_streamed_body_that_disagrees_with_its_length_never_lands() {
+    let fake = FakeKosli::start().await;
+    fake.add_environment("prod", "K8S");
+    let len = report_body().len();
+    for declared in [len + 5, len - 5] {
+        let err = client(&fake)
+            .report_k8s("prod", streamed(16, declared))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, Error::KosliTransport { .. }),
+            "declared {declared} of {len}: {err:?}"
+        );
+    }
     assert!(fake.reports("prod").is_empty());
 }
 

@@ -354,10 +354,89 @@ pub fn selector_keys(
     labels.chain(expressions)
 }
 
+/// A pod's name, with what a report's summary needs of it worked out once
+/// when the pod is decoded: its length as a JSON string and the digest the
+/// content hash takes in its place. A summary of 150,000 pods then reads no
+/// name at all (each would be a cache miss of its own); only a body does.
+#[derive(Clone, Debug)]
+pub struct PodName {
+    text: Arc<str>,
+    json_len: u32,
+    digest: [u8; 32],
+}
+
+impl PodName {
+    /// The name, shared with the store's key.
+    pub fn arc(&self) -> Arc<str> {
+        Arc::clone(&self.text)
+    }
+
+    /// The bytes the name takes in a body, as a JSON string.
+    pub fn json_len(&self) -> usize {
+        self.json_len as usize
+    }
+
+    /// The sha256 of the name's length (8 bytes, little-endian) and bytes.
+    pub fn digest(&self) -> &[u8; 32] {
+        &self.digest
+    }
+}
+
+impl From<&str> for PodName {
+    fn from(name: &str) -> Self {
+        let mut digest = Sha256::new();
+        digest.update((name.len() as u64).to_le_bytes());
+        digest.update(name.as_bytes());
+        Self {
+            text: Arc::from(name),
+            // Kubernetes names are at most 253 bytes; a longer one would
+            // still fit many times over.
+            json_len: u32::try_from(crate::core::snapshot::json_string_len(name))
+                .unwrap_or(u32::MAX),
+            digest: digest.finalize().into(),
+        }
+    }
+}
+
+impl std::ops::Deref for PodName {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.text
+    }
+}
+
+impl std::fmt::Display for PodName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+/// Equal names have equal lengths and digests: the text alone decides.
+impl PartialEq for PodName {
+    fn eq(&self, other: &Self) -> bool {
+        self.text == other.text
+    }
+}
+
+impl Eq for PodName {}
+
+impl PartialOrd for PodName {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for PodName {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.text.cmp(&other.text)
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PodRecord {
     pub namespace: Arc<str>,
-    pub name: Arc<str>,
+    pub name: PodName,
     /// The pod's labels whose keys a selector uses (all of them when decoded
     /// with [`From`], as the one-shot `snapshot` command does).
     pub labels: Arc<Labels>,
@@ -483,7 +562,7 @@ impl PodRecord {
             .collect();
         PodRecord {
             namespace: shared.string(meta.namespace.as_deref().unwrap_or_default()),
-            name: Arc::from(meta.name.as_deref().unwrap_or_default()),
+            name: PodName::from(meta.name.as_deref().unwrap_or_default()),
             labels: shared.labels(labels),
             phase: shared.string(status.and_then(|s| s.phase.as_deref()).unwrap_or_default()),
             created: meta.creation_timestamp.as_ref().map(|t| t.0.as_second()),
@@ -571,7 +650,7 @@ mod tests {
         assert!(Arc::ptr_eq(&a.labels, &b.labels));
         assert!(Arc::ptr_eq(&a.owners, &b.owners));
         assert!(Arc::ptr_eq(&a.containers, &b.containers));
-        assert!(!Arc::ptr_eq(&a.name, &b.name));
+        assert!(!Arc::ptr_eq(&a.name.arc(), &b.name.arc()));
 
         let rolled = PodRecord::decode(&replica("web-c", "2"), None, &mut shared);
         assert!(Arc::ptr_eq(&a.owners, &rolled.owners));
@@ -583,7 +662,7 @@ mod tests {
         assert_eq!(
             a,
             PodRecord {
-                name: Arc::from("web-a"),
+                name: PodName::from("web-a"),
                 ..b.clone()
             },
             "equal by value, not by sharing"

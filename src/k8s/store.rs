@@ -395,7 +395,7 @@ impl SharedState {
 }
 
 pub fn pod_key(pod: &PodRecord) -> PodKey {
-    (pod.namespace.clone(), pod.name.clone())
+    (pod.namespace.clone(), pod.name.arc())
 }
 
 /// The key of the pod `name` in `namespace`, for a lookup or a delete.
@@ -438,7 +438,7 @@ mod tests {
         let mut shared = Interner::default();
         let mut record = |ns: &str, name: &str| PodRecord {
             namespace: shared.string(ns),
-            name: Arc::from(name),
+            name: name.into(),
             labels: shared.labels(Labels::new()),
             phase: shared.string("Running"),
             created: None,

@@ -14,6 +14,7 @@ use reqwest::header::{self, HeaderValue};
 use reqwest::{Method, StatusCode, Url};
 use serde::de::DeserializeOwned;
 
+use super::body::RequestBody;
 use super::retry::{self, RetryPolicy};
 use super::types::{AssertOutcome, AssertResponse, CreateEnvironment, Environment};
 use crate::error::{Error, ImageError, Result, chain};
@@ -443,7 +444,7 @@ impl KosliClient {
     }
 
     /// `PUT /api/v2/environments/{org}/{env}/report/K8S` with a prepared body.
-    pub async fn report_k8s(&self, env: &str, body: impl Into<Bytes>) -> Result<()> {
+    pub async fn report_k8s(&self, env: &str, body: impl Into<RequestBody>) -> Result<()> {
         self.report_k8s_fenced(env, body, &Unfenced).await
     }
 
@@ -451,7 +452,7 @@ impl KosliClient {
     pub async fn report_k8s_fenced(
         &self,
         env: &str,
-        body: impl Into<Bytes>,
+        body: impl Into<RequestBody>,
         fence: &impl WriteFence,
     ) -> Result<()> {
         let path = ["environments", &self.org, env, "report", "K8S"];
@@ -561,7 +562,7 @@ impl KosliClient {
         method: Method,
         path: &[&str],
         query: &[(&str, &str)],
-        body: Option<Bytes>,
+        body: Option<RequestBody>,
     ) -> Result<Bytes> {
         self.send_fenced(operation, method, path, query, body, &Unfenced)
             .await
@@ -576,7 +577,7 @@ impl KosliClient {
         method: Method,
         path: &[&str],
         query: &[(&str, &str)],
-        body: Option<Bytes>,
+        body: Option<RequestBody>,
         fence: &impl WriteFence,
     ) -> Result<Bytes> {
         let url = self.url(path, query);
@@ -647,7 +648,7 @@ impl KosliClient {
         &self,
         method: &Method,
         url: &Url,
-        body: Option<&Bytes>,
+        body: Option<&RequestBody>,
         operation: &'static str,
         method_name: &'static str,
         display_path: &str,
@@ -661,8 +662,10 @@ impl KosliClient {
         if let Some(body) = body {
             request = request
                 .header(header::CONTENT_TYPE, "application/json")
-                // A shared handle: no copy of a large body per attempt.
-                .body(body.clone());
+                // Whole: a shared handle, no copy per attempt. Streamed:
+                // written afresh for this attempt, under the same length.
+                .header(header::CONTENT_LENGTH, body.len())
+                .body(body.open());
         }
         let response = match request.send().await {
             Ok(response) => response,

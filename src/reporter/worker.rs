@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::Error;
 use crate::k8s::leader::Leadership;
-use crate::kosli::WriteFence;
+use crate::kosli::{Streamed, WriteFence};
 
 use super::machine::{Compliance, Effect, Failure, Input, Machine, Moment, Spec, Summary, Timing};
 use super::status::Outcome;
@@ -77,16 +77,55 @@ pub(super) struct Worker {
     token_changes: Option<watch::Receiver<u64>>,
     /// What the snapshot last built was built from, until it is sent (or
     /// not): the body is written only for a send, from this same view.
-    built: Option<Built>,
-    /// Room to reserve for the next body: the last one's size, and a little.
-    last_body_len: usize,
+    built: Option<Arc<Built>>,
 }
 
 /// A snapshot decided on but not yet written: the view and the spec it was
-/// summarised from, so that the body sent is exactly the one hashed.
+/// summarised from, so that the body sent is exactly the one hashed, and the
+/// length the summary counted.
 struct Built {
     view: PodsView,
     env: Arc<IndexedEnvironment>,
+    body_len: usize,
+}
+
+impl Built {
+    /// The body, piece by piece (empty for an invalid spec, which is never
+    /// sent).
+    fn pieces(&self) -> impl Iterator<Item = Vec<u8>> + '_ {
+        self.env
+            .selection
+            .as_ref()
+            .ok()
+            .into_iter()
+            .flat_map(|selection| {
+                snapshot::pieces(
+                    selected(&self.view, selection),
+                    selection.containers,
+                    snapshot::PIECE_LEN,
+                )
+            })
+    }
+
+    /// The body held whole, for a dry run's log.
+    fn whole(&self) -> Bytes {
+        Bytes::from(self.pieces().collect::<Vec<_>>().concat())
+    }
+
+    /// The body written while it is sent, afresh for each attempt.
+    fn streamed(self: Arc<Self>) -> Streamed {
+        let len = self.body_len as u64;
+        Streamed::new(len, move |sender| {
+            let built = Arc::clone(&self);
+            async move {
+                for piece in built.pieces() {
+                    if sender.send(Bytes::from(piece)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        })
+    }
 }
 
 fn machine_spec(env: &IndexedEnvironment) -> Spec {
@@ -135,7 +174,6 @@ impl Worker {
             machine,
             token_changes,
             built: None,
-            last_body_len: 0,
         }
     }
 
@@ -275,26 +313,12 @@ impl Worker {
             config_ids: snap.config_id_count,
             hash: snap.hash,
         };
-        self.built = Some(Built { view, env });
+        self.built = Some(Arc::new(Built {
+            view,
+            env,
+            body_len: snap.body_len,
+        }));
         Input::Built(Some(summary))
-    }
-
-    /// The body of the snapshot last built: written only now that it is to
-    /// be sent (at scale, tens of megabytes no unchanged report needs).
-    fn body(&mut self) -> Bytes {
-        let Some(Built { view, env }) = self.built.take() else {
-            return Bytes::new();
-        };
-        let Ok(selection) = env.selection.as_ref() else {
-            return Bytes::new();
-        };
-        let snap = snapshot::assemble_ordered(
-            selected(&view, selection),
-            selection.containers,
-            self.last_body_len,
-        );
-        self.last_body_len = snap.body.len() + snap.body.len() / 64;
-        Bytes::from(snap.body)
     }
 
     /// Sends the snapshot just built; `None` when the send was fenced off
@@ -302,10 +326,28 @@ impl Worker {
     async fn send(&mut self, ensure_environment: bool) -> Option<Input> {
         let env = self.env();
         let kosli_env = &env.kosli_env;
-        let body = self.body();
-        let bytes = body.len();
+        // Written only now that it is to be sent (at scale, tens of
+        // megabytes that no unchanged report needs), from the view summarised.
+        let Some(built) = self.built.take() else {
+            // The machine sends only what it has just been told was built.
+            let message = "no snapshot was built to send; building again".to_owned();
+            tracing::error!(environment = %kosli_env, "{message}");
+            return Some(Input::Sent {
+                ensured: false,
+                result: Err(Failure {
+                    outcome: Outcome::Transient {
+                        message: message.clone(),
+                    },
+                    status: None,
+                    message,
+                    retry_after: None,
+                }),
+            });
+        };
+        let bytes = built.body_len;
         let pods = self.machine.summary().map_or(0, |s| s.pods);
         let Some(kosli) = &self.shared.kosli else {
+            let body = built.whole();
             tracing::info!(environment = %kosli_env, bytes, body = %String::from_utf8_lossy(&body),
                 "dry run: would report");
             self.shared.metrics.report_sent(kosli_env, bytes);
@@ -329,7 +371,9 @@ impl Worker {
             ensured = result.is_ok();
         }
         if result.is_ok() {
-            result = kosli.report_k8s_fenced(kosli_env, body, &fence).await;
+            result = kosli
+                .report_k8s_fenced(kosli_env, built.streamed(), &fence)
+                .await;
         }
         if let Err(error @ Error::WriteFenced { .. }) = &result {
             tracing::warn!(environment = %kosli_env, "report not made: {error}");

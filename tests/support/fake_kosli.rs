@@ -1,7 +1,8 @@
 //! A loopback Kosli that enforces the API contract as strictly as the real one
 //! (docs/kosli-api.md): bearer auth, JSON content type, request models that reject
 //! unknown fields, wrong types and malformed digests with a 400 in Kosli's error
-//! shape. It records every request and misbehaves on demand: scripted statuses
+//! shape; a body without a Content-Length is refused (411). It records every
+//! request and misbehaves on demand: scripted statuses
 //! (404, 409, 429 with Retry-After, 5xx, non-JSON pages) and slow answers.
 //!
 //! Several clients can be told apart by a first path segment before `/api`
@@ -391,6 +392,15 @@ fn route(state: &Arc<Mutex<State>>, req: &Recorded) -> Response<Full<Bytes>> {
     let accepted = state.token.as_deref().unwrap_or(TOKEN);
     if auth != Some(&format!("Bearer {accepted}")) {
         return message(401, "Invalid API token");
+    }
+    // As the Kosli CLI does, every body declares its length up front: a
+    // chunked one is refused, as proxies in front of APIs often refuse it.
+    let declared = req
+        .headers
+        .get(hyper::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+    if matches!(req.method.as_str(), "PUT" | "POST") && declared != Some(req.body.len()) {
+        return message(411, "A request body must declare its Content-Length");
     }
     match (req.method.as_str(), segments.as_slice()) {
         ("GET", ["api", "v2", "environments", org, env]) if *org == ORG => {

@@ -56,16 +56,18 @@ fn exact_bytes_of_a_one_pod_report() {
     );
     assert_eq!(String::from_utf8(snap.body.clone()).unwrap(), expected);
 
-    // The content hash, as documented: over each entry's fields, lengths first.
+    // The content hash, as documented: over each entry's fields, the name by
+    // its digest, the namespace length first.
     let mut content = Sha256::new();
-    content.update(b"kosli-operator K8S report content v2\n");
-    for (i, text) in ["web-7d9c5b6f7b-x2k4q", "prod"].into_iter().enumerate() {
-        if i == 1 {
-            content.update([1]); // a namespace unlike the entry before's
-        }
-        content.update((text.len() as u64).to_le_bytes());
-        content.update(text);
-    }
+    content.update(b"kosli-operator K8S report content v3\n");
+    let name = "web-7d9c5b6f7b-x2k4q";
+    let mut name_digest = Sha256::new();
+    name_digest.update((name.len() as u64).to_le_bytes());
+    name_digest.update(name);
+    content.update(name_digest.finalize());
+    content.update([1]); // a namespace unlike the entry before's
+    content.update(4_u64.to_le_bytes());
+    content.update("prod");
     content.update(1_787_134_198_i64.to_le_bytes());
     content.update([1]); // shared parts unlike the entry before's
     content.update(Sha256::digest(format!(
@@ -595,6 +597,51 @@ fn the_assembled_body_is_the_serialised_body() {
     );
     assert_eq!(summarise_ordered(&pods, options).hash, snap.hash);
     assert_eq!(snap.artifact_count, 3);
+    assert_eq!(snap.body_len, snap.body.len());
+    assert_eq!(summarise_ordered(&pods, options).body_len, snap.body.len());
+    for piece_len in [1, 7, 4096, 1 << 24] {
+        let in_pieces: Vec<Vec<u8>> = pieces(pods.iter(), options, piece_len).collect();
+        assert_eq!(in_pieces.concat(), snap.body, "pieces of {piece_len}");
+        let (last, whole) = in_pieces.split_last().unwrap();
+        assert!(
+            whole.iter().all(|p| p.len() >= piece_len),
+            "pieces of {piece_len}"
+        );
+        assert!(!last.is_empty());
+    }
+}
+
+#[test]
+fn an_empty_body_in_pieces_is_the_empty_report() {
+    let none: [PodRecord; 0] = [];
+    let options = ContainerOptions::default();
+    let body: Vec<u8> = pieces(none.iter(), options, 1).flatten().collect();
+    assert_eq!(body, b"{\"artifacts\":[]}");
+    assert_eq!(summarise(&none, options).body_len, body.len());
+    let whole: Vec<Vec<u8>> = pieces(none.iter(), options, 64).collect();
+    assert_eq!(whole, [body], "one piece when it fits");
+    let failed_only = [pod(running("a", "p", "nginx:1", ""))];
+    let body: Vec<u8> = pieces(failed_only.iter(), options, 1).flatten().collect();
+    assert_eq!(body, b"{\"artifacts\":[]}");
+}
+
+#[test]
+fn lengths_are_counted_as_written() {
+    for s in [
+        "",
+        "plain",
+        "q\"b\\n\nr\rt\tb\u{8}f\u{c}",
+        "\u{0}\u{1f}\u{7f}é",
+    ] {
+        let mut out = Vec::new();
+        write_json_string(&mut out, s);
+        assert_eq!(json_string_len(s), out.len(), "{s:?}");
+    }
+    for n in [0, 9, 10, -1, -10, 1_700_000_000, i64::MAX, i64::MIN] {
+        let mut out = Vec::new();
+        write_integer(&mut out, n);
+        assert_eq!(integer_len(n), out.len(), "{n}");
+    }
 }
 
 #[test]
