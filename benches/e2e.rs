@@ -561,7 +561,7 @@ async fn reporter(env: &TestEnv, client: &Client, id: &str, n: usize) -> String 
     writeln!(
         out,
         "{n} pods Running in {NAMESPACES} namespaces, one KosliEnvironment selecting them all, the operator \
-         with its defaults (`--debounce 1s`, `--max-debounce 3s`). Scripted churn: {WAVES} rollouts, each \
+         with its defaults (`--debounce 1s`, `--max-debounce 2s`). Scripted churn: {WAVES} rollouts, each \
          patching the status of {wave_size} pods (5%) to a new imageID digest as a kubelet would \
          ({CONCURRENCY} patches in flight; a rollout took {:.1}–{:.1} s to apply), each followed by \
          {SINGLES_PER_WAVE} single-pod changes. Latency is from the status patch returning to the arrival \

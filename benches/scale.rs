@@ -1410,7 +1410,7 @@ async fn run(n: usize) -> String {
         out,
         "## At {n} pods (`benches/scale.rs`)\n\n\
          Real kube-apiserver 1.20 + etcd on loopback, the strict fake Kosli in the bench process, the \
-         release binary of the operator with its defaults (`--debounce 1s`, `--max-debounce 3s`). \
+         release binary of the operator with its defaults (`--debounce 1s`, `--max-debounce 2s`). \
          Everything (API server, etcd, operator, fake Kosli, load generator) shares the machine's {cores} \
          cores. {n} Running pods of 2 containers in {NAMESPACES} namespaces, {} deployments of \
          {REPLICAS} replicas sharing labels, owner and images (every 25th pinned by digest), each pod \

@@ -240,8 +240,9 @@ pub struct RunArgs {
     pub debounce: Duration,
 
     /// The longest a report is held back while changes keep coming: a
-    /// rollout reaches Kosli within about this long, in one report per period.
-    #[arg(long, default_value = "3s", value_parser = parse_duration)]
+    /// rollout reaches Kosli within about this long plus one report's upload,
+    /// in one report per period.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
     pub max_debounce: Duration,
 
     /// Kubeconfig to use (default: KUBECONFIG, ~/.kube/config, or in-cluster).

@@ -67,7 +67,7 @@ impl Default for ReporterOptions {
     fn default() -> Self {
         Self {
             debounce: Duration::from_secs(1),
-            max_debounce: Duration::from_secs(3),
+            max_debounce: Duration::from_secs(2),
             dry_run: false,
             watch_namespaces: None,
             environment_selector: None,

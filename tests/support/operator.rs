@@ -33,7 +33,7 @@ impl Operator {
     }
 
     /// As `start`, with the operator's own defaults (`--debounce 1s`,
-    /// `--max-debounce 3s`), as benchmarks need.
+    /// `--max-debounce 2s`), as benchmarks need.
     pub fn start_default_pacing(
         kubeconfig: &Path,
         fake: &FakeKosli,
