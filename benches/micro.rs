@@ -257,6 +257,8 @@ fn gate_rows() -> Vec<String> {
         kosli_env: "prod".into(),
         mode: kosli_operator::core::crd::GateMode::Enforce,
         policies: vec![],
+        unknown_artifacts: kosli_operator::core::crd::UnknownArtifacts::Deny,
+        require_digest: false,
     };
     let now = jiff::Timestamp::now();
     let decide = median_per_iter(7, 5_000, || {

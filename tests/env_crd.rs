@@ -57,6 +57,12 @@ async fn invalid_field_values_are_rejected_by_the_schema() {
     let client = setup().await;
     let cases = [
         (json!({"gate": {"mode": "Sometimes"}}), "spec.gate.mode"),
+        // An unquoted `mode: Off`, as kubectl's YAML (1.1) reads it.
+        (json!({"gate": {"mode": false}}), "spec.gate.mode"),
+        (
+            json!({"gate": {"unknownArtifacts": "Maybe"}}),
+            "spec.gate.unknownArtifacts",
+        ),
         (json!({"heartbeatSeconds": 5}), "spec.heartbeatSeconds"),
         (
             json!({"heartbeatSeconds": "often"}),

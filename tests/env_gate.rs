@@ -225,6 +225,74 @@ async fn compliant_pods_are_admitted_and_non_compliant_deployments_denied_with_r
     g.cleanup().await;
 }
 
+/// Per environment: `requireDigest` refuses a tag without resolving it, and
+/// `unknownArtifacts: Warn` admits an image Kosli has never seen with a
+/// warning, even in Enforce; a non-compliant image is still denied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn require_digest_and_unknown_artifacts_are_per_environment() {
+    let g = gate("Enforce", &[]).await;
+    g.wait_active().await;
+    let environments = Api::<kosli_operator::core::crd::KosliEnvironment>::all(g.client.clone());
+    environments
+        .patch(
+            &format!("{}-env", g.id),
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"spec": {"gate": {
+                "mode": "Enforce", "requireDigest": true, "unknownArtifacts": "Warn"}}})),
+        )
+        .await
+        .unwrap();
+    let tag = g.image(&g.env.registry, &g.env.single_tag);
+    let err = eventually(
+        Duration::from_secs(20),
+        "the tag refused unresolved",
+        || async {
+            let name = unique("tagged");
+            match g.create_pod(&name, &tag, None).await {
+                Err(e) => Some(format!("{e}")),
+                Ok(_) => None,
+            }
+        },
+    )
+    .await;
+    assert!(
+        err.contains("prod requires digests: pin the image by digest"),
+        "{err}"
+    );
+
+    let unknown = format!(
+        "{}/{}@sha256:{}",
+        g.env.registry,
+        g.env.image_repo,
+        "8".repeat(64)
+    );
+    let manifest = json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": unique("unknown"), "namespace": g.ns},
+        "spec": {"containers": [{"name": "app", "image": unknown}]}})
+    .to_string();
+    let kubeconfig = g.env.kubeconfig.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        kubectl(&kubeconfig, &["create", "-f", "-"], &manifest)
+    })
+    .await
+    .unwrap();
+    let warned = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "admitted: {warned}");
+    assert!(
+        warned.contains("Warning:") && warned.contains("is unknown to Kosli"),
+        "{warned}"
+    );
+
+    g.set_verdict(&g.env.single_digest, false);
+    let pinned = format!(
+        "{}/{}@{}",
+        g.env.registry, g.env.image_repo, g.env.single_digest
+    );
+    let err = g.denial(g.create_pod(&unique("pinned"), &pinned, None).await);
+    assert!(err.contains("is not compliant for prod"), "{err}");
+    g.cleanup().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn warn_mode_admits_with_a_warning_kubectl_shows() {
     let g = gate("Warn", &[]).await;

@@ -149,6 +149,33 @@ pub struct GateSpec {
     /// Kosli policies to assert instead of the environment's own.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub policies: Vec<String>,
+
+    /// What becomes of an image Kosli has never seen (no build of its
+    /// fingerprint was reported): Deny (the default: denied in Enforce, a
+    /// warning in Warn), Warn (a warning, admitted even in Enforce) or Allow
+    /// (admitted without a word, recorded in the operator's log).
+    #[serde(default)]
+    pub unknown_artifacts: UnknownArtifacts,
+
+    /// Refuse image references by tag alone, without resolving them: denied in
+    /// Enforce, a warning in Warn. A tag can move between this check and the
+    /// kubelet's pull; a digest cannot.
+    #[serde(default)]
+    pub require_digest: bool,
+}
+
+/// What the gate does with an image Kosli has never seen.
+#[derive(
+    Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq, PartialOrd, Ord,
+)]
+pub enum UnknownArtifacts {
+    /// As a non-compliant image: denied in Enforce, a warning in Warn.
+    #[default]
+    Deny,
+    /// A warning, never a denial.
+    Warn,
+    /// Admitted; logged.
+    Allow,
 }
 
 #[derive(
@@ -363,6 +390,7 @@ mod tests {
             "pattern: ^[a-zA-Z0-9][a-zA-Z0-9\\.\\-_]*$",
             "minimum: 30",
             "- Enforce",
+            "- Allow",
             "shortNames:",
             "- kenv",
             "scope: Cluster",

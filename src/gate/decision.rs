@@ -7,7 +7,7 @@ use kube::core::admission::Operation;
 
 use super::workload::Workload;
 use super::{BREAK_GLASS_ANNOTATION, BREAK_GLASS_MAX};
-use crate::core::crd::GateMode;
+use crate::core::crd::{GateMode, UnknownArtifacts};
 use crate::error::Error;
 use crate::kosli::AssertResponse;
 
@@ -19,6 +19,9 @@ pub struct Target {
     pub kosli_env: String,
     pub mode: GateMode,
     pub policies: Vec<String>,
+    pub unknown_artifacts: UnknownArtifacts,
+    /// Tags are refused unresolved (`gate.requireDigest`).
+    pub require_digest: bool,
 }
 
 /// Why a request is allowed without any lookup.
@@ -134,12 +137,14 @@ pub fn undecided(mode: GateMode, reason: &str) -> Answer {
             message: Some(format!("denied by the Kosli gate: {reason}")),
             warnings: Vec::new(),
             failures: vec![line],
+            allowed_unknown: Vec::new(),
         },
         GateMode::Warn | GateMode::Audit | GateMode::Off => Answer {
             allowed: true,
             message: None,
             warnings: vec![line.clone()],
             failures: vec![line],
+            allowed_unknown: Vec::new(),
         },
     }
 }
@@ -316,6 +321,9 @@ pub struct Answer {
     pub warnings: Vec<String>,
     /// Each image/environment that failed, for logs and audit.
     pub failures: Vec<String>,
+    /// Images Kosli has never seen, admitted because their environment
+    /// allows unknown artifacts: not failures, but logged.
+    pub allowed_unknown: Vec<String>,
 }
 
 /// Human reasons from an assert answer: failing policies with their rules and
@@ -413,7 +421,9 @@ fn failure_line(image: &str, env: &str, verdict: &ImageVerdict) -> Option<String
 }
 
 /// Combines every verdict: Enforce denies on any failure, Warn admits with
-/// warnings, Audit admits silently (the caller logs and counts).
+/// warnings, Audit admits silently (the caller logs and counts). An unknown
+/// image follows its environment's `unknownArtifacts`: Deny as any failure,
+/// Warn a warning in Enforce too, Allow admitted and only logged.
 pub fn answer(results: &[(Target, String, ImageVerdict)]) -> Answer {
     let mut answer = Answer {
         allowed: true,
@@ -430,11 +440,20 @@ pub fn answer(results: &[(Target, String, ImageVerdict)]) -> Answer {
         let Some(line) = failure_line(image, &target.kosli_env, verdict) else {
             continue;
         };
+        // An unknown image is a failure unless the environment says otherwise.
+        let unknown_as = match verdict {
+            ImageVerdict::Unknown { .. } => target.unknown_artifacts,
+            _ => UnknownArtifacts::Deny,
+        };
+        if unknown_as == UnknownArtifacts::Allow {
+            answer.allowed_unknown.push(line);
+            continue;
+        }
         answer.failures.push(line.clone());
-        match target.mode {
-            GateMode::Enforce => denials.push(line),
-            GateMode::Warn => answer.warnings.push(line),
-            GateMode::Audit | GateMode::Off => {}
+        match (target.mode, unknown_as) {
+            (GateMode::Enforce, UnknownArtifacts::Deny) => denials.push(line),
+            (GateMode::Enforce | GateMode::Warn, _) => answer.warnings.push(line),
+            (GateMode::Audit | GateMode::Off, _) => {}
         }
     }
     if !denials.is_empty() {

@@ -165,6 +165,8 @@ fn targets(found: Vec<(Arc<IndexedEnvironment>, Gating)>) -> Vec<Target> {
             kosli_env: e.kosli_env.clone(),
             mode: gating.gate.mode,
             policies: gating.gate.policies,
+            unknown_artifacts: gating.gate.unknown_artifacts,
+            require_digest: gating.gate.require_digest,
         })
         .collect()
 }
@@ -290,6 +292,7 @@ impl Inner {
         tracing::info!(
             kind = %workload.kind, namespace = %workload.namespace, name = %workload.name, operation,
             decision, mode, allowed = answer.allowed, failures = ?answer.failures,
+            allowed_unknown = ?answer.allowed_unknown,
             dry_run = workload.dry_run,
             elapsed_ms = started.elapsed().as_millis() as u64, "admission review"
         );
@@ -422,8 +425,9 @@ impl Inner {
         progress: &SharedProgress,
     ) -> Answer {
         // Pull secrets matter only for tags: digest-pinned images need no
-        // registry, and with digests required a tag is refused unresolved.
+        // registry, and where digests are required a tag is refused unresolved.
         let needs_registry = !self.options.require_digests
+            && targets.iter().any(|t| !t.require_digest)
             && images
                 .iter()
                 .any(|i| ImageRef::parse(i).is_ok_and(|r| r.digest.is_none()));
@@ -514,11 +518,34 @@ impl Inner {
         targets: &[Target],
         deadline: Instant,
     ) -> Vec<(Target, String, ImageVerdict)> {
-        if self.options.require_digests
-            && let Some(verdict) = decision::require_digest(image)
-        {
-            return for_every(targets, image, &verdict);
+        // A tag is refused unresolved by the environments that require
+        // digests (all of them with --gate-require-digests); the others
+        // resolve it as usual.
+        let (refused, targets): (Vec<Target>, Vec<Target>) = match decision::require_digest(image) {
+            Some(_) => targets
+                .iter()
+                .cloned()
+                .partition(|t| self.options.require_digests || t.require_digest),
+            None => (Vec::new(), targets.to_vec()),
+        };
+        let mut results = for_every(&refused, image, &ImageVerdict::NotPinned);
+        if !targets.is_empty() {
+            results.extend(
+                self.resolve_and_assert(image, credentials, &targets, deadline)
+                    .await,
+            );
         }
+        results
+    }
+
+    /// One image's verdict for targets that accept it by tag or digest.
+    async fn resolve_and_assert(
+        &self,
+        image: &str,
+        credentials: Option<RegistryCredentials>,
+        targets: &[Target],
+        deadline: Instant,
+    ) -> Vec<(Target, String, ImageVerdict)> {
         let lookup = self.resolver.fingerprint(image, credentials);
         let digest = match tokio::time::timeout_at(deadline, lookup).await {
             Ok(Ok(digest)) => digest,

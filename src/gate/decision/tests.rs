@@ -3,6 +3,7 @@ use std::collections::BTreeMap;
 use kube::core::admission::Operation;
 
 use super::*;
+use crate::core::crd::UnknownArtifacts;
 use crate::gate::workload::{ContainerImage, PodTemplate, Requester, Workload};
 use crate::kosli::{AssertResponse, PolicyEvaluation};
 
@@ -60,6 +61,8 @@ fn target(mode: GateMode) -> Target {
         kosli_env: "prod".into(),
         mode,
         policies: vec![],
+        unknown_artifacts: UnknownArtifacts::Deny,
+        require_digest: false,
     }
 }
 
@@ -501,4 +504,46 @@ fn an_unreadable_pod_template_is_refused_where_a_gate_applies_and_only_there() {
         ),
         Err(Skip::ExemptNamespace)
     ));
+}
+
+#[test]
+fn unknown_images_follow_their_environments_unknown_artifacts() {
+    let unknown = ImageVerdict::Unknown { digest: D.into() };
+    let with = |mode, unknown_artifacts| Target {
+        unknown_artifacts,
+        ..target(mode)
+    };
+    let one = |t: Target, v: &ImageVerdict| answer(&[(t, "app:1".to_owned(), v.clone())]);
+
+    let denied = one(with(GateMode::Enforce, UnknownArtifacts::Deny), &unknown);
+    assert!(!denied.allowed);
+    assert!(denied.message.unwrap().contains("is unknown to Kosli"));
+
+    let warned = one(with(GateMode::Enforce, UnknownArtifacts::Warn), &unknown);
+    assert!(warned.allowed, "a warning, even in Enforce");
+    assert_eq!(warned.warnings.len(), 1);
+    assert_eq!(
+        warned.failures.len(),
+        1,
+        "still a failure for logs and audit"
+    );
+
+    let allowed = one(with(GateMode::Enforce, UnknownArtifacts::Allow), &unknown);
+    assert!(allowed.allowed && allowed.warnings.is_empty() && allowed.failures.is_empty());
+    assert_eq!(allowed.allowed_unknown.len(), 1, "logged");
+
+    let in_warn = one(with(GateMode::Warn, UnknownArtifacts::Deny), &unknown);
+    assert!(in_warn.allowed);
+    assert_eq!(in_warn.warnings.len(), 1);
+
+    // Only unknown images: a non-compliant one is denied whatever it says.
+    let non_compliant = ImageVerdict::NonCompliant {
+        digest: D.into(),
+        reasons: vec!["policy p is NON-COMPLIANT".into()],
+        url: None,
+    };
+    for choice in [UnknownArtifacts::Warn, UnknownArtifacts::Allow] {
+        assert!(!one(with(GateMode::Enforce, choice), &non_compliant).allowed);
+        assert!(!one(with(GateMode::Enforce, choice), &ImageVerdict::NotPinned).allowed);
+    }
 }
