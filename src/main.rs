@@ -1,11 +1,10 @@
 use std::process::ExitCode;
 
-use clap::Parser;
 use kosli_operator::cli::Cli;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    kosli_operator::observe::logging::init();
+    let cli = Cli::parse_with_env();
+    kosli_operator::observe::logging::init(cli.debug());
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -264,8 +264,10 @@ fn config_file_errors_are_clear() {
 #[test]
 fn config_file_conflicts_with_name_and_namespace_flags() {
     let o = offline(&["prod", "--config-file", "examples/snapshot-config.yaml"]);
-    assert_eq!(o.status.code(), Some(2));
-    assert!(stderr(&o).contains("cannot be used with"), "{}", stderr(&o));
+    assert_usage_error(
+        &o,
+        "cannot use --config-file together with an environment name argument",
+    );
     let o = offline(&["--config-file", "examples/snapshot-config.yaml", "-n", "x"]);
     assert_eq!(o.status.code(), Some(2));
 }
@@ -339,6 +341,263 @@ async fn report_sends_exactly_the_dry_run_body() {
         "the PUT body is the dry-run body"
     );
     assert!(!stderr(&o).contains(TOKEN));
+}
+
+fn golden() -> String {
+    std::fs::read_to_string(repo_file("examples/pods.snapshot.json")).unwrap()
+}
+
+/// `kosli snapshot k8s ENV` and its alias `kubernetes` work as `snapshot ENV`.
+#[test]
+fn the_clis_k8s_and_kubernetes_words_are_accepted() {
+    for words in [&["k8s", "production"][..], &["kubernetes", "production"]] {
+        let o = offline(words);
+        assert!(o.status.success(), "{words:?}: {}", stderr(&o));
+        assert_eq!(stdout(&o), golden(), "{words:?}");
+    }
+    let o = offline(&["k8s", "--config-file", "examples/snapshot-config.yaml"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        json(&o).as_object().unwrap().keys().collect::<Vec<_>>(),
+        ["platform", "production", "teams"]
+    );
+    let o = offline(&["docker", "production"]);
+    assert_usage_error(&o, "got \"docker\" first");
+    let o = offline(&["k8s", "a", "b"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+}
+
+/// Every flag also reads `KOSLI_<FLAG>`, as in the Kosli CLI: a CronJob's
+/// variables select exactly what its flags would, and a flag on the command
+/// line wins over its variable.
+#[test]
+fn kosli_variables_set_what_their_flags_set() {
+    /// Variables, flags, and the namespaces the report then covers.
+    type Case<'a> = (&'a [(&'a str, &'a str)], &'a [&'a str], &'a [&'a str]);
+    let cases: [Case; 6] = [
+        (
+            &[("KOSLI_NAMESPACES", "prod,staging")],
+            &[],
+            &["prod", "staging"],
+        ),
+        (
+            &[("KOSLI_NAMESPACES_REGEX", "^team-")],
+            &[],
+            &["team-payments", "team-search"],
+        ),
+        (
+            &[(
+                "KOSLI_EXCLUDE_NAMESPACES",
+                "prod,staging,batch,team-payments,team-search",
+            )],
+            &[],
+            &["default", "kube-system", "monitoring"],
+        ),
+        (
+            &[("KOSLI_EXCLUDE_NAMESPACES_REGEX", "^(prod|staging|team-.*)$")],
+            &[],
+            &["batch", "default", "kube-system", "monitoring"],
+        ),
+        (
+            &[("KOSLI_NAMESPACES", "prod")],
+            &["-n", "staging"],
+            &["staging"],
+        ),
+        (
+            &[("KOSLI_DRY_RUN", "true"), ("KOSLI_NAMESPACES", "batch")],
+            &[],
+            &["batch"],
+        ),
+    ];
+    for (env, flags, namespaces) in cases {
+        let mut args = vec![
+            "snapshot",
+            "production",
+            "--from-file",
+            "examples/pods.json",
+            "--dry-run",
+        ];
+        args.extend_from_slice(flags);
+        let o = run(&args, env);
+        assert!(o.status.success(), "{env:?}: {}", stderr(&o));
+        assert_eq!(namespaces_of(&json(&o)), namespaces, "{env:?} {flags:?}");
+    }
+
+    let o = run(
+        &["snapshot", "--from-file", "examples/pods.json", "--dry-run"],
+        &[("KOSLI_CONFIG_FILE", "examples/snapshot-config.yaml")],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        json(&o).as_object().unwrap().keys().collect::<Vec<_>>(),
+        ["platform", "production", "teams"]
+    );
+
+    let o = run(
+        &["snapshot", "production", "--dry-run"],
+        &[("KOSLI_KUBECONFIG", "/nonexistent/kubeconfig")],
+    );
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("/nonexistent/kubeconfig"),
+        "{}",
+        stderr(&o)
+    );
+
+    let o = run(
+        &[
+            "snapshot",
+            "production",
+            "--from-file",
+            "examples/pods.json",
+            "--dry-run",
+        ],
+        &[("KOSLI_DEBUG", "true")],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("DEBUG"), "{}", stderr(&o));
+
+    let o = run(
+        &[
+            "snapshot",
+            "production",
+            "--from-file",
+            "examples/pods.json",
+            "--dry-run",
+        ],
+        &[
+            ("KOSLI_AUTO_ENVIRONMENT", "true"),
+            ("KOSLI_ENVIRONMENT_DESCRIPTION", "ignored in a dry run"),
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains(
+            "dry-run: environment production would be created with type K8S if it does not exist"
+        ),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(stdout(&o), golden());
+}
+
+/// The Kosli CLI's other spellings: the token `DRY_RUN` is a dry run,
+/// `--auto-env` is `--auto-environment`, and the deprecated scaling flags are
+/// accepted with the CLI's warning and change nothing.
+#[test]
+fn the_clis_spellings_and_deprecated_flags_are_accepted() {
+    let o = run(
+        &[
+            "snapshot",
+            "production",
+            "--from-file",
+            "examples/pods.json",
+            "--api-token",
+            "DRY_RUN",
+        ],
+        &[],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o), golden());
+    let o = run(
+        &[
+            "snapshot",
+            "production",
+            "--from-file",
+            "examples/pods.json",
+            "-a",
+            "DRY_RUN",
+            "--auto-env",
+        ],
+        &[],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("would be created"), "{}", stderr(&o));
+    for flag in ["--include-scaling", "--exclude-scaling"] {
+        let o = dry_run(&[flag]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert_eq!(stdout(&o), golden());
+        let err = stderr(&o);
+        assert!(
+            err.contains(&format!("Flag {flag} has been deprecated"))
+                && err.contains("ignored unless --auto-environment is set"),
+            "{err}"
+        );
+    }
+    let o = dry_run(&["--include-scaling", "--exclude-scaling"]);
+    assert_usage_error(&o, "cannot be used with");
+}
+
+/// `--output cli` prints what the Kosli CLI prints for a dry run: its banner,
+/// the URL and the same body indented by four spaces.
+#[test]
+fn dry_run_output_cli_is_what_the_kosli_cli_prints() {
+    let o = dry_run(&["-o", "cli", "--org", "acme", "-H", "https://app.kosli.com"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = stdout(&o);
+    let (head, rest) = text.split_at(text.find(" {").unwrap());
+    assert_eq!(
+        head,
+        "############### THIS IS A DRY-RUN  ###############\n\
+         the request would have been sent to: https://app.kosli.com/api/v2/environments/acme/production/report/K8S\n\
+         this is the payload that would be sent in a real run: \n"
+    );
+    let body: Value = serde_json::from_str(rest).unwrap();
+    let compact: Value = serde_json::from_str(&golden()).unwrap();
+    assert_eq!(body, compact, "the same body");
+    assert!(
+        rest.contains("\n    \"artifacts\": [\n        {\n            \"podName\": "),
+        "{rest}"
+    );
+    assert!(rest.ends_with("\n}\n"), "{rest}");
+}
+
+/// `-H`, `-a` and `-r` are the CLI's short flags for host, token and retries.
+#[tokio::test]
+async fn the_clis_short_flags_reach_kosli() {
+    let fake = FakeKosli::start().await;
+    fake.add_environment("production", "K8S");
+    fake.script([Scripted::status(503, "down")]);
+    let o = run_async(
+        strings(&[
+            "snapshot",
+            "production",
+            "--from-file",
+            "examples/pods.json",
+            "-H",
+            &fake.url,
+            "-a",
+            TOKEN,
+            "-r",
+            "1",
+            "--org",
+            ORG,
+        ]),
+        Vec::new(),
+    )
+    .await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(fake.requests().len(), 2, "one retry after the 503");
+    assert_eq!(fake.reports("production").len(), 1);
+}
+
+#[tokio::test]
+async fn auto_environment_without_a_description_gets_the_clis() {
+    let fake = FakeKosli::start().await;
+    let o = run_async(
+        strings(&[
+            "snapshot",
+            "fresh-env",
+            "--auto-environment",
+            "--from-file",
+            "examples/pods.json",
+        ]),
+        fake.cli_env(),
+    )
+    .await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    let env = fake.state().environments["fresh-env"].clone();
+    assert_eq!(env.description, "Auto-created by kosli snapshot");
 }
 
 #[tokio::test]

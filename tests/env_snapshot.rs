@@ -10,7 +10,8 @@ mod support;
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::authentication::v1::TokenRequest;
+use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::Client;
 use kube::api::{Api, PostParams};
@@ -152,7 +153,8 @@ async fn fixture() -> Fixture {
         expected_b: vec![
             artifact(
                 &api_1,
-                &[("registry.acme.io/shop/api:4.2", API)],
+                // A bare status image: named by the spec image as written, as the CLI does.
+                &[(&format!("registry.acme.io/shop/api:4.2@sha256:{API}"), API)],
                 Value::Null,
             ),
             artifact(
@@ -284,6 +286,13 @@ async fn config_file_reports_each_environment_its_own_pods() {
 
 /// Lets testenv-nobody list pods in one namespace only.
 async fn grant_pod_list(client: &Client, namespace: &str) {
+    let nobody =
+        json!({"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "testenv-nobody"});
+    grant_pod_list_to(client, namespace, nobody).await;
+}
+
+/// Lets `subject` list pods in one namespace only, by a Role and RoleBinding.
+async fn grant_pod_list_to(client: &Client, namespace: &str, subject: Value) {
     let role: Role = serde_json::from_value(json!({
         "metadata": {"name": "pod-reader", "namespace": namespace},
         "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list"]}]
@@ -296,13 +305,133 @@ async fn grant_pod_list(client: &Client, namespace: &str) {
     let binding: RoleBinding = serde_json::from_value(json!({
         "metadata": {"name": "pod-reader", "namespace": namespace},
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "pod-reader"},
-        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "testenv-nobody"}]
+        "subjects": [subject]
     }))
     .unwrap();
     Api::<RoleBinding>::namespaced(client.clone(), namespace)
         .create(&PostParams::default(), &binding)
         .await
         .unwrap();
+}
+
+/// A kubeconfig for a fresh ServiceAccount of `namespace`, with a token the
+/// API server issued for it (TokenRequest): the identity a CronJob's pod has.
+async fn service_account_kubeconfig(
+    client: &Client,
+    namespace: &str,
+    dir: &std::path::Path,
+) -> std::path::PathBuf {
+    let name = "snapshotter";
+    let accounts = Api::<ServiceAccount>::namespaced(client.clone(), namespace);
+    let account: ServiceAccount =
+        serde_json::from_value(json!({"metadata": {"name": name, "namespace": namespace}}))
+            .unwrap();
+    accounts
+        .create(&PostParams::default(), &account)
+        .await
+        .unwrap();
+    let request: TokenRequest =
+        serde_json::from_value(json!({"spec": {"audiences": [], "expirationSeconds": 600}}))
+            .unwrap();
+    let token = accounts
+        .create_token_request(name, &PostParams::default(), &request)
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .token
+        .unwrap();
+    // testenv-nobody's kubeconfig (server, CA) with the account's token instead.
+    let nobody = std::fs::read_to_string(&TestEnv::get().kubeconfig_nobody).unwrap();
+    let nobody_token = support::testenv::var("TESTENV_NOBODY_TOKEN");
+    assert!(nobody.contains(&nobody_token));
+    let path = dir.join("kubeconfig-sa");
+    std::fs::write(&path, nobody.replace(&nobody_token, &token)).unwrap();
+    path
+}
+
+/// `-n a,b` lists pods namespace by namespace: a ServiceAccount with nothing
+/// but a RoleBinding in each namespace it reports is enough, as it is for the
+/// Kosli CLI. The same account is refused a cluster-wide list, which an
+/// environment without `-n` needs.
+#[tokio::test]
+async fn exact_namespaces_need_only_namespaced_rights() {
+    let f = fixture().await;
+    let account = json!({"kind": "ServiceAccount", "name": "snapshotter", "namespace": f.ns_a});
+    for ns in [&f.ns_a, &f.ns_b] {
+        grant_pod_list_to(&f.client, ns, account.clone()).await;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let kc = service_account_kubeconfig(&f.client, &f.ns_a, dir.path()).await;
+    let kc = kc.to_str().unwrap();
+    let fake = FakeKosli::start().await;
+    fake.add_environment("scoped", "K8S");
+    let both = format!("{},{}", f.ns_a, f.ns_b);
+    let o = run_async(
+        strings(&["snapshot", "k8s", "scoped", "-n", &both, "--kubeconfig", kc]),
+        kosli_env(&fake),
+    )
+    .await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    let mut expected = f.expected_a.clone();
+    expected.extend(f.expected_b.iter().cloned());
+    assert_eq!(fake.reports("scoped"), [json!({ "artifacts": expected })]);
+
+    let o = run_async(
+        strings(&["snapshot", "scoped", "--kubeconfig", kc]),
+        kosli_env(&fake),
+    )
+    .await;
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains(&format!(
+            "User \"system:serviceaccount:{}:snapshotter\" cannot list resource \"pods\" in API group \"\" at the cluster scope",
+            f.ns_a
+        )),
+        "{err}"
+    );
+    assert_eq!(
+        fake.reports("scoped").len(),
+        1,
+        "nothing sent from the refused list"
+    );
+}
+
+/// As in the Kosli CLI, `--auto-environment` creates the environment before
+/// the pods are listed: a list the identity is refused leaves the environment
+/// created, with the CLI's default description, and no report.
+#[tokio::test]
+async fn auto_environment_is_ensured_before_pods_are_listed() {
+    let f = fixture().await;
+    let fake = FakeKosli::start().await;
+    let nobody = TestEnv::get()
+        .kubeconfig_nobody
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let o = run_async(
+        strings(&[
+            "snapshot",
+            "k8s",
+            "fresh",
+            "-A",
+            "-n",
+            &f.ns_a,
+            "--kubeconfig",
+            &nobody,
+        ]),
+        kosli_env(&fake),
+    )
+    .await;
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("forbidden"), "{}", stderr(&o));
+    let env = fake.state().environments["fresh"].clone();
+    assert_eq!(
+        (env.kind.as_str(), env.description.as_str()),
+        ("K8S", "Auto-created by kosli snapshot")
+    );
+    assert!(fake.reports("fresh").is_empty());
 }
 
 #[tokio::test]

@@ -509,8 +509,26 @@ async fn assert_known_unknown_and_query() {
     assert_eq!(r.path, format!("/api/v2/asserts/acme/fingerprint/{HEX}"));
     assert_eq!(
         r.query.as_deref(),
-        Some("environment_name=prod&policy_name=prod-requirements&policy_name=sec+baseline")
+        Some("policy_name=prod-requirements&policy_name=sec+baseline"),
+        "named policies replace the environment's: Kosli takes one or the other"
     );
+    c.assert_artifact(HEX, Some("prod"), &[]).await.unwrap();
+    assert_eq!(
+        fake.requests()[1].query.as_deref(),
+        Some("environment_name=prod")
+    );
+    // The fake refuses both at once, as `kosli assert artifact` never sends both.
+    kosli_operator::tls::install_crypto_provider();
+    let both = reqwest::Client::new()
+        .get(format!(
+            "{}/api/v2/asserts/{ORG}/fingerprint/{HEX}?environment_name=prod&policy_name=p",
+            fake.url
+        ))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(both.status().as_u16(), 400);
     let other = "1".repeat(64);
     assert_eq!(
         c.assert_artifact(&other, None, &[]).await.unwrap(),

@@ -1,5 +1,10 @@
 //! The command line: flags and environment variables named as the Kosli CLI
-//! names them, so users carry their habits over.
+//! names them, so users carry their habits over. As in the Kosli CLI, every
+//! flag can also be set by the variable `KOSLI_<FLAG>` (upper case, `-` as
+//! `_`: `--exclude-namespaces` is `KOSLI_EXCLUDE_NAMESPACES`); a flag on the
+//! command line wins over its variable. The few flags that read a variable
+//! other systems set (`POD_NAMESPACE`, `REGISTRY_USERNAME`, `REGISTRY_PASSWORD`)
+//! keep that one.
 
 pub mod config_file;
 
@@ -7,7 +12,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{ArgAction, Args, Parser, Subcommand};
+use clap::{ArgAction, Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
 use crate::cli::config_file::NamespaceLists;
 use crate::error::Result;
@@ -23,6 +28,66 @@ use crate::kosli::{ApiToken, KosliConfig, RetryPolicy};
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// The prefix of the variable every flag also reads.
+pub const ENV_PREFIX: &str = "KOSLI_";
+
+/// The API token that means "dry run", as in the Kosli CLI.
+pub const DRY_RUN_TOKEN: &str = "DRY_RUN";
+
+impl Cli {
+    /// The command line's definition, every flag reading `KOSLI_<FLAG>` too.
+    pub fn command_with_env() -> clap::Command {
+        with_env(Self::command())
+    }
+
+    /// Parses the process's arguments; exits with usage on an error.
+    pub fn parse_with_env() -> Self {
+        let matches = Self::command_with_env().get_matches();
+        Self::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+    }
+
+    /// Parses `args` (the first is the program name), variables included.
+    pub fn try_parse_with_env_from<I, T>(args: I) -> std::result::Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let matches = Self::command_with_env().try_get_matches_from(args)?;
+        Self::from_arg_matches(&matches)
+    }
+
+    /// `--debug` on the command line or in `KOSLI_DEBUG`.
+    pub fn debug(&self) -> bool {
+        match &self.command {
+            Command::Run(args) => args.kosli.debug,
+            Command::Check(args) => args.kosli.debug,
+            Command::Snapshot(args) => args.kosli.debug,
+            Command::Crd => false,
+        }
+    }
+}
+
+/// The variable a flag reads: `--max-api-retries` reads `KOSLI_MAX_API_RETRIES`.
+pub fn env_name(long: &str) -> String {
+    format!("{ENV_PREFIX}{}", long.to_uppercase().replace('-', "_"))
+}
+
+/// Every flag of `command` and its subcommands that names no variable of its
+/// own reads `KOSLI_<FLAG>`. Positional arguments read none, as in the CLI.
+fn with_env(command: clap::Command) -> clap::Command {
+    command
+        .mut_args(|arg| {
+            if arg.get_env().is_some() || arg.is_positional() {
+                return arg;
+            }
+            match arg.get_long().map(env_name) {
+                Some(name) => arg.env(name),
+                None => arg,
+            }
+        })
+        .mut_subcommands(with_env)
 }
 
 #[derive(Debug, Subcommand)]
@@ -41,7 +106,12 @@ pub enum Command {
 #[derive(Debug, Args)]
 pub struct KosliArgs {
     /// Kosli host.
-    #[arg(long, env = "KOSLI_HOST", default_value = "https://app.kosli.com")]
+    #[arg(
+        short = 'H',
+        long,
+        env = "KOSLI_HOST",
+        default_value = "https://app.kosli.com"
+    )]
     pub host: String,
 
     /// Kosli organization.
@@ -49,8 +119,9 @@ pub struct KosliArgs {
     pub org: String,
 
     /// Kosli API token. Prefer the environment variable or --api-token-file:
-    /// command lines are visible to other processes.
-    #[arg(long, env = "KOSLI_API_TOKEN", hide_env_values = true)]
+    /// command lines are visible to other processes. DRY_RUN means --dry-run,
+    /// as in the Kosli CLI.
+    #[arg(short = 'a', long, env = "KOSLI_API_TOKEN", hide_env_values = true)]
     pub api_token: Option<String>,
 
     /// File holding the Kosli API token (e.g. a mounted Secret); wins over --api-token.
@@ -66,11 +137,20 @@ pub struct KosliArgs {
     pub ca_bundle: Option<PathBuf>,
 
     /// How many times a failed Kosli request is retried.
-    #[arg(long, env = "KOSLI_MAX_API_RETRIES", default_value_t = 3)]
+    #[arg(short = 'r', long, env = "KOSLI_MAX_API_RETRIES", default_value_t = 3)]
     pub max_api_retries: u32,
+
+    /// Log at debug level, whatever RUST_LOG says.
+    #[arg(long)]
+    pub debug: bool,
 }
 
 impl KosliArgs {
+    /// The API token is `DRY_RUN`: the Kosli CLI's other way to ask for a dry run.
+    pub fn token_asks_dry_run(&self) -> bool {
+        self.api_token.as_deref().map(str::trim) == Some(DRY_RUN_TOKEN)
+    }
+
     /// The client configuration.
     pub fn to_config(&self) -> Result<KosliConfig> {
         let token = ApiToken::new(self.api_token.clone().unwrap_or_default());
@@ -86,11 +166,26 @@ impl KosliArgs {
     }
 }
 
+/// What `snapshot --output` prints in a dry run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum DryRunOutput {
+    /// One JSON document: the body, or with --config-file an object from
+    /// environment name to body.
+    #[default]
+    Json,
+    /// What the Kosli CLI prints: a banner, the URL and the body indented.
+    Cli,
+}
+
 #[derive(Debug, Args)]
+#[command(
+    override_usage = "kosli-operator snapshot [OPTIONS] [k8s|kubernetes] <ENVIRONMENT-NAME>\n       kosli-operator snapshot [OPTIONS] [k8s|kubernetes] --config-file <FILE>"
+)]
 pub struct SnapshotArgs {
-    /// The Kosli environment to report to (omit with --config-file).
-    #[arg(value_name = "ENVIRONMENT-NAME")]
-    pub environment: Option<String>,
+    /// The Kosli environment to report to (omit with --config-file), after
+    /// an optional `k8s` or `kubernetes` as in `kosli snapshot k8s ENV`.
+    #[arg(value_name = "ENVIRONMENT-NAME", num_args = 0..=2)]
+    pub target: Vec<String>,
 
     /// Namespaces to report (comma-separated exact names).
     #[arg(short = 'n', long, value_delimiter = ',')]
@@ -109,7 +204,7 @@ pub struct SnapshotArgs {
     pub exclude_namespaces_regex: Vec<String>,
 
     /// YAML file listing several environments (the Kosli CLI's format).
-    #[arg(long, conflicts_with_all = ["environment", "namespaces", "namespaces_regex", "exclude_namespaces", "exclude_namespaces_regex"])]
+    #[arg(long, conflicts_with_all = ["namespaces", "namespaces_regex", "exclude_namespaces", "exclude_namespaces_regex"])]
     pub config_file: Option<PathBuf>,
 
     /// Read pods from this file (`kubectl get pods -A -o json`), or `-` for stdin,
@@ -121,23 +216,89 @@ pub struct SnapshotArgs {
     #[arg(short = 'k', long)]
     pub kubeconfig: Option<PathBuf>,
 
-    /// Print the request body on stdout and send nothing.
+    /// Print the request body on stdout and send nothing (also when the API
+    /// token is DRY_RUN).
     #[arg(short = 'D', long, env = "KOSLI_DRY_RUN")]
     pub dry_run: bool,
 
-    /// Create the Kosli environment (type K8S) when it does not exist.
-    #[arg(short = 'A', long)]
+    /// What a dry run prints.
+    #[arg(short = 'o', long, value_enum, default_value_t = DryRunOutput::Json)]
+    pub output: DryRunOutput,
+
+    /// Create the Kosli environment (type K8S) when it does not exist, before
+    /// listing its pods.
+    #[arg(short = 'A', long, visible_alias = "auto-env")]
     pub auto_environment: bool,
 
-    /// Description for an environment created by --auto-environment.
+    /// Description for an environment created by --auto-environment
+    /// (default: the Kosli CLI's, "Auto-created by kosli snapshot").
     #[arg(long, default_value = "")]
     pub environment_description: String,
+
+    /// Deprecated in the Kosli CLI, accepted here with a warning and no effect.
+    #[arg(long, conflicts_with = "exclude_scaling")]
+    pub include_scaling: bool,
+
+    /// Deprecated in the Kosli CLI, accepted here with a warning and no effect.
+    #[arg(long)]
+    pub exclude_scaling: bool,
 
     #[command(flatten)]
     pub kosli: KosliArgs,
 }
 
+/// What the Kosli CLI's `snapshot` names the one kind of snapshot we take.
+const KUBERNETES_WORDS: [&str; 2] = ["k8s", "kubernetes"];
+
+/// The description of an environment `--auto-environment` creates, as the
+/// Kosli CLI writes it.
+pub const AUTO_ENVIRONMENT_DESCRIPTION: &str = "Auto-created by kosli snapshot";
+
 impl SnapshotArgs {
+    /// The environment named on the command line: `snapshot ENV` or
+    /// `snapshot k8s ENV`; `None` with `--config-file` (then `snapshot k8s
+    /// --config-file F` is fine, and any other name is a usage error).
+    pub fn environment(&self) -> Result<Option<String>> {
+        let usage = |text: String| crate::error::Error::Config(text);
+        let name = match self.target.as_slice() {
+            [] => None,
+            [kind] if self.config_file.is_some() && KUBERNETES_WORDS.contains(&kind.as_str()) => {
+                None
+            }
+            [name] => Some(name.clone()),
+            [kind, name] if KUBERNETES_WORDS.contains(&kind.as_str()) => Some(name.clone()),
+            [kind, _] => {
+                return Err(usage(format!(
+                    "snapshot takes one environment name, or `k8s` (or `kubernetes`) and one; got {kind:?} first"
+                )));
+            }
+            _ => return Err(usage("snapshot takes at most two arguments".to_owned())),
+        };
+        match (&name, &self.config_file) {
+            (Some(_), Some(_)) => Err(usage(
+                "cannot use --config-file together with an environment name argument".to_owned(),
+            )),
+            (None, None) => Err(usage(
+                "an ENVIRONMENT-NAME argument or --config-file is required".to_owned(),
+            )),
+            _ => Ok(name),
+        }
+    }
+
+    /// A dry run: `--dry-run`, `KOSLI_DRY_RUN=true` or the token `DRY_RUN`.
+    pub fn is_dry_run(&self) -> bool {
+        self.dry_run || self.kosli.token_asks_dry_run()
+    }
+
+    /// The description an environment created by `--auto-environment` gets.
+    pub fn created_description(&self) -> &str {
+        if self.environment_description.is_empty() {
+            AUTO_ENVIRONMENT_DESCRIPTION
+        } else {
+            &self.environment_description
+        }
+    }
+
     pub fn namespace_lists(&self) -> NamespaceLists {
         NamespaceLists {
             namespaces: self.namespaces.clone(),
@@ -148,18 +309,36 @@ impl SnapshotArgs {
     }
 }
 
+/// What `check` prints.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum CheckOutput {
+    #[default]
+    Text,
+    Json,
+}
+
 #[derive(Debug, Args)]
 pub struct CheckArgs {
     /// The image, by tag or digest (e.g. registry.example.com/app:1.2 or app@sha256:...).
     pub image: String,
 
-    /// The Kosli environment whose rules apply.
-    #[arg(short = 'e', long)]
+    /// The Kosli environment whose policies apply.
+    #[arg(short = 'e', long, conflicts_with = "policies")]
     pub environment: Option<String>,
 
-    /// Kosli policies to assert instead of the environment's own (repeatable).
-    #[arg(long = "policy")]
+    /// Kosli policies to assert, instead of an environment's (comma-separated
+    /// or repeated, as in `kosli assert artifact`).
+    #[arg(long = "policy", value_delimiter = ',')]
     pub policies: Vec<String>,
+
+    /// The artifact's fingerprint (sha256, 64 hex characters): checked as it
+    /// is, without asking a registry; IMAGE is then only its name.
+    #[arg(short = 'F', long)]
+    pub fingerprint: Option<String>,
+
+    /// `text` (the verdict and why), or `json` (Kosli's answer as it came).
+    #[arg(short = 'o', long, value_enum, default_value_t = CheckOutput::Text)]
+    pub output: CheckOutput,
 
     /// Registry username for resolving a tag (with REGISTRY_PASSWORD).
     #[arg(long, env = "REGISTRY_USERNAME")]
@@ -516,6 +695,151 @@ mod tests {
         assert_eq!(
             run_args(&["--stale-view-after", "3s"]).stale_view_after,
             Duration::from_secs(3)
+        );
+    }
+
+    /// Every flag of every command reads `KOSLI_<FLAG>`, but for the three
+    /// that read a variable other systems set; positional arguments read none.
+    #[test]
+    fn every_flag_reads_its_kosli_variable() {
+        const OWN: [(&str, &str); 3] = [
+            ("lease-namespace", "POD_NAMESPACE"),
+            ("registry-username", "REGISTRY_USERNAME"),
+            ("registry-password", "REGISTRY_PASSWORD"),
+        ];
+        let cli = Cli::command_with_env();
+        let mut flags = 0;
+        for command in cli.get_subcommands() {
+            for arg in command.get_arguments() {
+                if arg.is_positional() {
+                    assert_eq!(arg.get_env(), None, "{}", command.get_name());
+                    continue;
+                }
+                let long = arg.get_long().expect("every flag has a long name");
+                let expected = OWN
+                    .iter()
+                    .find(|(flag, _)| *flag == long)
+                    .map_or_else(|| env_name(long), |(_, var)| (*var).to_owned());
+                assert_eq!(
+                    arg.get_env().and_then(|v| v.to_str()),
+                    Some(expected.as_str()),
+                    "{} --{long}",
+                    command.get_name()
+                );
+                flags += 1;
+            }
+        }
+        assert!(flags > 60, "{flags} flags seen");
+        assert_eq!(
+            env_name("exclude-namespaces-regex"),
+            "KOSLI_EXCLUDE_NAMESPACES_REGEX"
+        );
+    }
+
+    fn snapshot_args(args: &[&str]) -> std::result::Result<SnapshotArgs, clap::Error> {
+        let cli = Cli::try_parse_with_env_from(["kosli-operator", "snapshot"].iter().chain(args))?;
+        match cli.command {
+            Command::Snapshot(args) => Ok(*args),
+            _ => panic!("not snapshot"),
+        }
+    }
+
+    #[test]
+    fn snapshot_takes_the_clis_k8s_word_and_one_environment() {
+        let environment = |args: &[&str]| snapshot_args(args).unwrap().environment();
+        for args in [&["prod"][..], &["k8s", "prod"], &["kubernetes", "prod"]] {
+            assert_eq!(
+                environment(args).unwrap().as_deref(),
+                Some("prod"),
+                "{args:?}"
+            );
+        }
+        // An environment named k8s is still an environment.
+        assert_eq!(environment(&["k8s"]).unwrap().as_deref(), Some("k8s"));
+        assert_eq!(
+            environment(&["k8s", "--config-file", "c.yaml"]).unwrap(),
+            None
+        );
+        assert_eq!(environment(&["--config-file", "c.yaml"]).unwrap(), None);
+        for (args, needle) in [
+            (&["docker", "prod"][..], "got \"docker\" first"),
+            (
+                &["prod", "--config-file", "c.yaml"],
+                "cannot use --config-file together",
+            ),
+            (
+                &["k8s", "prod", "--config-file", "c.yaml"],
+                "cannot use --config-file together",
+            ),
+            (
+                &[],
+                "an ENVIRONMENT-NAME argument or --config-file is required",
+            ),
+        ] {
+            let err = environment(args).unwrap_err();
+            assert!(err.is_usage(), "{args:?}");
+            assert!(err.to_string().contains(needle), "{args:?}: {err}");
+        }
+        assert!(
+            snapshot_args(&["k8s", "a", "b"]).is_err(),
+            "three arguments"
+        );
+    }
+
+    #[test]
+    fn the_clis_short_flags_and_spellings() {
+        let args = snapshot_args(&[
+            "prod",
+            "-H",
+            "https://kosli.example",
+            "-a",
+            "DRY_RUN",
+            "-r",
+            "5",
+            "--auto-env",
+            "--debug",
+        ])
+        .unwrap();
+        assert_eq!(args.kosli.host, "https://kosli.example");
+        assert_eq!(args.kosli.max_api_retries, 5);
+        assert!(args.is_dry_run(), "the token DRY_RUN is a dry run");
+        assert!(args.auto_environment && args.kosli.debug);
+        assert_eq!(args.created_description(), AUTO_ENVIRONMENT_DESCRIPTION);
+        let args = snapshot_args(&[
+            "prod",
+            "-a",
+            "real-token",
+            "--environment-description",
+            "Shop",
+        ])
+        .unwrap();
+        assert!(!args.is_dry_run());
+        assert_eq!(args.created_description(), "Shop");
+        assert_eq!(
+            snapshot_args(&["prod", "-o", "cli"]).unwrap().output,
+            DryRunOutput::Cli
+        );
+        assert!(snapshot_args(&["prod", "--include-scaling", "--exclude-scaling"]).is_err());
+    }
+
+    #[test]
+    fn check_takes_policies_as_the_cli_does() {
+        let check = |args: &[&str]| -> std::result::Result<CheckArgs, clap::Error> {
+            let cli = Cli::try_parse_with_env_from(
+                ["kosli-operator", "check", "app:1"].iter().chain(args),
+            )?;
+            match cli.command {
+                Command::Check(args) => Ok(*args),
+                _ => panic!("not check"),
+            }
+        };
+        let args = check(&["--policy", "a,b", "--policy", "c", "-F", "x", "-o", "json"]).unwrap();
+        assert_eq!(args.policies, ["a", "b", "c"]);
+        assert_eq!(args.fingerprint.as_deref(), Some("x"));
+        assert_eq!(args.output, CheckOutput::Json);
+        assert!(
+            check(&["--environment", "prod", "--policy", "a"]).is_err(),
+            "exclusive"
         );
     }
 

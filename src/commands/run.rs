@@ -71,7 +71,7 @@ async fn start(args: RunArgs) -> Result<()> {
     let shutdown = CancellationToken::new();
     on_signals(shutdown.clone())?;
     let metrics = Arc::new(Metrics::new().map_err(Error::Metrics)?);
-    let kosli = if args.dry_run {
+    let kosli = if args.dry_run || args.kosli.token_asks_dry_run() {
         tracing::warn!("dry run: reports are logged, nothing is sent to Kosli");
         None
     } else {
@@ -109,7 +109,7 @@ async fn start(args: RunArgs) -> Result<()> {
     let options = ReporterOptions {
         debounce: args.debounce,
         max_debounce: args.max_debounce.max(args.debounce),
-        dry_run: args.dry_run,
+        dry_run: args.dry_run || args.kosli.token_asks_dry_run(),
         watch_namespaces,
         environment_selector: args.environment_selector.clone(),
         ..ReporterOptions::default()
@@ -239,7 +239,7 @@ fn gate_handler(args: &RunArgs, cluster: GateCluster) -> Result<GateHandler> {
     use crate::gate::resolver::{Resolver, ResolverOptions};
 
     let deadline = args.gate.deadline();
-    let kosli = if args.dry_run {
+    let kosli = if args.dry_run || args.kosli.token_asks_dry_run() {
         None
     } else {
         let mut config = args.kosli.to_config()?;

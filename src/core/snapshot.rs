@@ -25,7 +25,7 @@ use std::collections::HashSet;
 
 use sha2::{Digest as _, Sha256};
 
-use crate::core::fingerprint::{self, ImageRef};
+use crate::core::fingerprint;
 use crate::core::pod::{Digests, PodRecord};
 use crate::core::selection::ContainerOptions;
 
@@ -434,20 +434,16 @@ fn write_integer(out: &mut Vec<u8>, n: i64) {
     out.extend_from_slice(&digits[at..]);
 }
 
-/// The name an artifact is reported under. containerd reports an image pulled by
-/// digest under its image ID rather than a name; fall back to the spec image
-/// (normalised, tag kept, digest dropped), then to the repository in the imageID,
-/// so one image gets one name whether or not the node had it cached.
+/// The name an artifact is reported under: the status image; when that is a
+/// bare image ID (containerd reports one for an image pulled by digest), the
+/// matching spec image as written, as the Kosli CLI names it; without a spec
+/// image, the repository in the imageID, then whatever the status says.
 pub fn artifact_name(status_image: &str, spec_image: Option<&str>, image_id: &str) -> String {
     if fingerprint::is_named(status_image) {
         return status_image.to_owned();
     }
-    if let Some(name) = spec_image
-        .filter(|image| fingerprint::is_named(image))
-        .and_then(|image| ImageRef::parse(image).ok())
-        .and_then(|r| r.tagged_name())
-    {
-        return name;
+    if let Some(image) = spec_image.filter(|image| !image.is_empty()) {
+        return image.to_owned();
     }
     let trimmed = fingerprint::trim_runtime_prefix(image_id);
     if fingerprint::is_named(trimmed) {

@@ -311,6 +311,17 @@ impl TokenSource {
 }
 
 /// Kosli is spoken to over HTTPS; plain HTTP only on loopback, where tests run.
+/// The URL of `env`'s K8S report at `host`, as a dry run names it.
+pub fn report_url(host: &str, org: &str, env: &str) -> Result<Url> {
+    let mut url = parse_host(host)?;
+    if let Ok(mut segments) = url.path_segments_mut() {
+        segments
+            .pop_if_empty()
+            .extend(["api", "v2", "environments", org, env, "report", "K8S"]);
+    }
+    Ok(url)
+}
+
 pub fn parse_host(host: &str) -> Result<Url> {
     let url = Url::parse(host.trim_end_matches('/'))
         .map_err(|e| Error::Config(format!("KOSLI_HOST {host:?} is not a URL: {e}")))?;
@@ -528,18 +539,61 @@ impl KosliClient {
         environment: Option<&str>,
         policies: &[String],
     ) -> Result<AssertOutcome> {
+        let path = ["asserts", &self.org, "fingerprint", fingerprint];
+        match self
+            .assert_answer(fingerprint, environment, policies)
+            .await?
+        {
+            Some(bytes) => decode::<AssertResponse>("GET", &path, &bytes).map(AssertOutcome::Known),
+            None => Ok(AssertOutcome::Unknown),
+        }
+    }
+
+    /// As [`assert_artifact`](Self::assert_artifact), Kosli's answer as it
+    /// came (any JSON value); `None` when Kosli has never seen the fingerprint.
+    pub async fn assert_artifact_json(
+        &self,
+        fingerprint: &str,
+        environment: Option<&str>,
+        policies: &[String],
+    ) -> Result<Option<serde_json::Value>> {
+        let path = ["asserts", &self.org, "fingerprint", fingerprint];
+        match self
+            .assert_answer(fingerprint, environment, policies)
+            .await?
+        {
+            Some(bytes) => decode("GET", &path, &bytes).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// The assert's answer. Policies, when named, are asked for instead of
+    /// the environment's own, and then the environment is not sent: Kosli
+    /// takes one or the other, as `kosli assert artifact` does.
+    async fn assert_answer(
+        &self,
+        fingerprint: &str,
+        environment: Option<&str>,
+        policies: &[String],
+    ) -> Result<Option<Bytes>> {
         if !crate::core::fingerprint::is_sha256_hex(fingerprint) {
             return Err(ImageError::NotAFingerprint(fingerprint.to_owned()).into());
         }
         let path = ["asserts", &self.org, "fingerprint", fingerprint];
-        let mut query: Vec<(&str, &str)> = Vec::new();
-        if let Some(env) = environment {
-            query.push(("environment_name", env));
-        }
-        query.extend(policies.iter().map(|p| ("policy_name", p.as_str())));
+        let query: Vec<(&str, &str)> = if policies.is_empty() {
+            environment
+                .map(|env| ("environment_name", env))
+                .into_iter()
+                .collect()
+        } else {
+            policies
+                .iter()
+                .map(|p| ("policy_name", p.as_str()))
+                .collect()
+        };
         match self.send("assert", Method::GET, &path, &query, None).await {
-            Ok(bytes) => decode::<AssertResponse>("GET", &path, &bytes).map(AssertOutcome::Known),
-            Err(Error::KosliStatus { status: 404, .. }) => Ok(AssertOutcome::Unknown),
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(Error::KosliStatus { status: 404, .. }) => Ok(None),
             Err(e) => Err(e),
         }
     }

@@ -8,7 +8,7 @@ mod types;
 pub use body::{RequestBody, Streamed};
 pub use client::{
     ApiToken, EnsureOutcome, KosliClient, KosliConfig, RequestObserver, USER_AGENT, Unfenced,
-    WriteFence,
+    WriteFence, report_url,
 };
 pub use retry::RetryPolicy;
 pub use types::{AssertOutcome, AssertResponse, Environment, FlowStatus, PolicyEvaluation};

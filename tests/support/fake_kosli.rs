@@ -1,7 +1,8 @@
 //! A loopback Kosli that enforces the API contract as strictly as the real one
 //! (docs/kosli-api.md): bearer auth, JSON content type, request models that reject
 //! unknown fields, wrong types and malformed digests with a 400 in Kosli's error
-//! shape; a body without a Content-Length is refused (411). It records every
+//! shape; a body without a Content-Length is refused (411), and so is an assert
+//! naming both an environment and policies (400). It records every
 //! request and misbehaves on demand: scripted statuses
 //! (404, 409, 429 with Retry-After, 5xx, non-JSON pages) and slow answers.
 //!
@@ -481,6 +482,20 @@ fn route(state: &Arc<Mutex<State>>, req: &Recorded) -> Response<Full<Bytes>> {
         ("GET", ["api", "v2", "asserts", org, "fingerprint", fingerprint]) if *org == ORG => {
             if !is_hex64(fingerprint) {
                 return message(400, "Invalid fingerprint");
+            }
+            // One scope per assert, as `kosli assert artifact` sends it: the
+            // environment's policies or the named ones, never both.
+            let query = req.query.as_deref().unwrap_or_default();
+            let has = |key: &str| {
+                query
+                    .split('&')
+                    .any(|pair| pair.split('=').next() == Some(key))
+            };
+            if has("environment_name") && has("policy_name") {
+                return message(
+                    400,
+                    "environment_name and policy_name are mutually exclusive",
+                );
             }
             match state.asserts.get(*fingerprint) {
                 Some(answer) => json_response(200, answer.clone()),

@@ -287,7 +287,7 @@ fn every_image_id_form_gives_its_digest() {
 }
 
 #[test]
-fn bare_id_status_image_falls_back_to_normalised_spec_image() {
+fn bare_id_status_image_falls_back_to_the_spec_image_as_written() {
     let mut v = running(
         "ns",
         "p",
@@ -298,12 +298,12 @@ fn bare_id_status_image_falls_back_to_normalised_spec_image() {
     let snap = build_default(&[pod(v)]);
     assert_eq!(
         body(&snap)["artifacts"][0]["digests"],
-        json!({"docker.io/library/nginx:1.25": A})
+        json!({"nginx:1.25": A})
     );
 }
 
 #[test]
-fn spec_image_with_tag_and_digest_drops_the_digest_from_the_name() {
+fn spec_image_with_tag_and_digest_is_kept_whole() {
     let spec = format!("registry.example.com/team/app:v2@sha256:{A}");
     let mut v = running(
         "ns",
@@ -313,14 +313,11 @@ fn spec_image_with_tag_and_digest_drops_the_digest_from_the_name() {
     );
     v["status"]["containerStatuses"][0]["image"] = json!(format!("sha256:{B}"));
     let snap = build_default(&[pod(v)]);
-    assert_eq!(
-        body(&snap)["artifacts"][0]["digests"],
-        json!({"registry.example.com/team/app:v2": A})
-    );
+    assert_eq!(body(&snap)["artifacts"][0]["digests"], json!({spec: A}));
 }
 
 #[test]
-fn digest_pinned_spec_image_falls_back_to_the_image_id_name() {
+fn digest_pinned_spec_image_is_the_name() {
     let spec = format!("nginx@sha256:{A}");
     let mut v = running(
         "ns",
@@ -330,8 +327,14 @@ fn digest_pinned_spec_image_falls_back_to_the_image_id_name() {
     );
     v["status"]["containerStatuses"][0]["image"] = json!(format!("sha256:{B}"));
     let snap = build_default(&[pod(v)]);
-    let key = format!("docker.io/library/nginx@sha256:{A}");
-    assert_eq!(body(&snap)["artifacts"][0]["digests"], json!({key: A}));
+    assert_eq!(body(&snap)["artifacts"][0]["digests"], json!({spec: A}));
+}
+
+#[test]
+fn without_a_spec_image_the_image_id_names_the_artifact() {
+    let id = format!("docker.io/library/nginx@sha256:{A}");
+    assert_eq!(artifact_name(&format!("sha256:{B}"), None, &id), id);
+    assert_eq!(artifact_name(&format!("sha256:{B}"), Some(""), &id), id);
 }
 
 #[test]
