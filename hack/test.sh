@@ -2,7 +2,9 @@
 # The project's test command (README: "Run all tests"). Builds into a cache
 # outside the repository, installs and starts the real test components
 # (hack/testenv: etcd + kube-apiserver, OCI registries), runs every test tier
-# against them, and stops them again whatever the outcome.
+# against them, and stops them again whatever the outcome. Without ARGS it also
+# checks the workflow files (.github/workflows) with actionlint and runs the
+# demo (hack/demo/test.sh: hack/demo.sh with its own test environment).
 #
 #   ./hack/test.sh [ARGS...]            every test, under hack/testenv/with-testenv.sh
 #   ./hack/test.sh --offline [ARGS...]  only the tests that need no test environment:
@@ -59,4 +61,34 @@ fi
 
 # Build before starting anything, so a compile error costs no cluster start.
 "${build[@]}" "$@"
-exec hack/testenv/with-testenv.sh "${runner[@]}" "$@"
+
+# With ARGS (a filter, a single binary) only those tests run. Without, the checks
+# that are not Rust tests run first, so that the test runner's summary stays the
+# last thing printed; a failure among them fails the run after the tests.
+failures=()
+if [ $# -eq 0 ]; then
+  hack/testenv/install.sh >&2
+  # shellcheck source=hack/testenv/lib.sh
+  source hack/testenv/lib.sh
+  actionlint=${ACTIONLINT:-$TESTENV_CACHE/venv/bin/actionlint}
+  # With shellcheck on PATH (install.sh installs it where it can) actionlint also
+  # checks the run: scripts; without it, it skips that check rather than fail.
+  if "$actionlint" -oneline .github/workflows/*.yml; then
+    echo "actionlint: .github/workflows/*.yml are valid" >&2
+  else
+    failures+=("actionlint found errors in .github/workflows (above)")
+  fi
+  # The tests' debug build of the binary (KOSLI_OPERATOR_BIN names another, as
+  # for the tests): no release build just for the demo.
+  if ! hack/demo/test.sh --binary "${KOSLI_OPERATOR_BIN:-$CARGO_TARGET_DIR/debug/kosli-operator}"; then
+    failures+=("hack/demo/test.sh failed (above)")
+  fi
+fi
+
+if [ "${#failures[@]}" -eq 0 ]; then
+  exec hack/testenv/with-testenv.sh "${runner[@]}" "$@"
+fi
+# The tests still run, so one failure does not hide others; the run fails anyway.
+hack/testenv/with-testenv.sh "${runner[@]}" "$@" || true
+for failure in "${failures[@]}"; do echo "hack/test.sh: $failure" >&2; done
+exit 1

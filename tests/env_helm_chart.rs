@@ -78,6 +78,7 @@ customCA: {enabled: true, secretName: corp-ca}
 podLabels: {team: platform}
 podAnnotations: {example.com/a: "1"}
 podTemplateAnnotations: {example.com/b: "2"}
+deploymentAnnotations: {example.com/c: "3"}
 nodeSelector: {kubernetes.io/os: linux}
 tolerations: [{key: dedicated, operator: Equal, value: platform, effect: NoSchedule}]
 affinity:
@@ -317,6 +318,16 @@ async fn every_values_set_renders_manifests_that_validate_and_the_apiserver_acce
     assert_eq!(pod["metadata"]["labels"]["team"], "platform");
     assert_eq!(pod["metadata"]["annotations"]["example.com/a"], "1");
     assert_eq!(pod["metadata"]["annotations"]["example.com/b"], "2");
+    assert_eq!(
+        deployment.value["metadata"]["annotations"],
+        json!({"example.com/c": "3"}),
+        "deploymentAnnotations on the Deployment object, and nothing else there"
+    );
+    assert!(
+        pod["metadata"]["annotations"]
+            .get("example.com/c")
+            .is_none()
+    );
     assert_eq!(pod["spec"]["priorityClassName"], "platform-critical");
     assert_eq!(
         pod["spec"]["imagePullSecrets"],
@@ -708,6 +719,246 @@ fn rbac_is_least_privilege_as_rendered() {
     );
 }
 
+/// The RBAC kinds the chart can render.
+const RBAC_KINDS: [&str; 4] = ["ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"];
+
+fn rbac_docs(docs: &[Doc]) -> Vec<&Doc> {
+    docs.iter()
+        .filter(|d| RBAC_KINDS.contains(&d.kind()))
+        .collect()
+}
+
+/// As in Kosli's k8s-reporter chart, `serviceAccount.create: false` creates no
+/// RBAC for the existing ServiceAccount unless `rbac.create: true` asks for it;
+/// `rbac.create: false` creates none even with the chart's own ServiceAccount.
+#[tokio::test]
+async fn service_account_create_false_renders_no_rbac_unless_asked() {
+    let env = TestEnv::get();
+    let admin = env.client().await;
+    apply_crd(&admin).await;
+    ensure_namespace(&admin, RELEASE_NAMESPACE).await;
+    let existing = [
+        "--set",
+        "serviceAccount.create=false",
+        "--set",
+        "serviceAccount.name=existing-sa",
+    ];
+
+    let docs = render("rel", RELEASE_NAMESPACE, &[], &existing);
+    assert!(all(&docs, "ServiceAccount").is_empty());
+    let names: Vec<String> = rbac_docs(&docs)
+        .iter()
+        .map(|d| format!("{} {}", d.kind(), d.name()))
+        .collect();
+    assert!(
+        names.is_empty(),
+        "no RBAC for a ServiceAccount the chart did not create: {names:?}"
+    );
+    assert_eq!(
+        only(&docs, "Deployment").value["spec"]["template"]["spec"]["serviceAccountName"],
+        "existing-sa"
+    );
+
+    // Asked for: the same rules as by default, bound to the existing ServiceAccount.
+    let mut asked = existing.to_vec();
+    asked.extend(["--set", "rbac.create=true"]);
+    let docs = render("rel", RELEASE_NAMESPACE, &[], &asked);
+    assert!(all(&docs, "ServiceAccount").is_empty());
+    let defaults = render("rel", RELEASE_NAMESPACE, &[], &[]);
+    let mut kinds_asked: Vec<String> = rbac_docs(&docs)
+        .iter()
+        .map(|d| d.kind().to_owned())
+        .collect();
+    let mut kinds_default: Vec<String> = rbac_docs(&defaults)
+        .iter()
+        .map(|d| d.kind().to_owned())
+        .collect();
+    kinds_asked.sort();
+    kinds_default.sort();
+    assert_eq!(kinds_asked, kinds_default);
+    assert_eq!(
+        grants(only(&docs, "ClusterRole")),
+        grants(only(&defaults, "ClusterRole"))
+    );
+    for binding in all(&docs, "RoleBinding")
+        .into_iter()
+        .chain(all(&docs, "ClusterRoleBinding"))
+    {
+        assert_eq!(
+            binding.value["subjects"],
+            json!([{"kind": "ServiceAccount", "name": "existing-sa", "namespace": RELEASE_NAMESPACE}])
+        );
+    }
+    let mut old_args = asked.clone();
+    old_args.extend(["--kube-version", TEST_APISERVER_VERSION]);
+    let old = render("rel", RELEASE_NAMESPACE, &[], &old_args);
+    server_dry_run(
+        &env.kubeconfig,
+        &old,
+        "serviceAccount.create=false with rbac.create=true",
+    );
+
+    // Refused: the chart's ServiceAccount without RBAC.
+    let docs = render(
+        "rel",
+        RELEASE_NAMESPACE,
+        &[],
+        &["--set", "rbac.create=false"],
+    );
+    only(&docs, "ServiceAccount");
+    assert!(rbac_docs(&docs).is_empty());
+}
+
+/// OpenShift assigns the uid, gid and fsGroup: values set to null leave them
+/// out of the pod's and the container's securityContext (not rendered as null,
+/// nor as the chart's defaults), the rest of the hardening stays, and the API
+/// server accepts the result.
+#[tokio::test]
+async fn openshift_nulls_leave_uid_gid_and_fs_group_to_the_platform() {
+    let env = TestEnv::get();
+    let admin = env.client().await;
+    apply_crd(&admin).await;
+    ensure_namespace(&admin, RELEASE_NAMESPACE).await;
+    let dir = tempfile::tempdir().unwrap();
+    // fsGroup has no chart default, so Helm keeps its null: the chart must drop it.
+    let values = write_values(
+        dir.path(),
+        "openshift.yaml",
+        r#"
+podSecurityContext:
+  runAsUser: null
+  runAsGroup: null
+  fsGroup: null
+reporterConfig:
+  securityContext:
+    runAsUser: null
+    runAsGroup: null
+    fsGroup: null
+"#,
+    );
+    let what = "OpenShift's nulls";
+    let docs = render("kosli-operator", RELEASE_NAMESPACE, &[&values], &[]);
+    let deployment = only(&docs, "Deployment");
+    let pod_sc = &deployment.value["spec"]["template"]["spec"]["securityContext"];
+    let container_sc = &operator_container(deployment)["securityContext"];
+    for (level, sc) in [("pod", pod_sc), ("container", container_sc)] {
+        let keys: Vec<&String> = sc
+            .as_object()
+            .unwrap_or_else(|| panic!("{level} securityContext missing:\n{}", deployment.raw))
+            .keys()
+            .collect();
+        for key in ["runAsUser", "runAsGroup", "fsGroup"] {
+            assert!(
+                !keys.iter().any(|k| *k == key),
+                "{level} securityContext must leave {key} out: {sc}"
+            );
+        }
+        assert_eq!(sc["runAsNonRoot"], json!(true), "{level}: {sc}");
+    }
+    assert_eq!(pod_sc["seccompProfile"]["type"], "RuntimeDefault");
+    assert_eq!(container_sc["readOnlyRootFilesystem"], json!(true));
+    assert_eq!(container_sc["capabilities"]["drop"], json!(["ALL"]));
+    assert!(
+        !deployment.raw.contains("null"),
+        "nothing rendered as null:\n{}",
+        deployment.raw
+    );
+    assert_restricted(deployment, what);
+    kubernetes_validate(&docs, what);
+    let old = render(
+        "kosli-operator",
+        RELEASE_NAMESPACE,
+        &[&values],
+        &["--kube-version", TEST_APISERVER_VERSION],
+    );
+    server_dry_run(&env.kubeconfig, &old, what);
+
+    // A value given is rendered where it belongs: fsGroup at pod level.
+    let docs = render(
+        "kosli-operator",
+        RELEASE_NAMESPACE,
+        &[&values],
+        &["--set", "podSecurityContext.fsGroup=1000650000"],
+    );
+    let pod_sc = &only(&docs, "Deployment").value["spec"]["template"]["spec"]["securityContext"];
+    assert_eq!(pod_sc["fsGroup"], 1000650000);
+    // And without the nulls the chart's defaults stand.
+    let docs = render("kosli-operator", RELEASE_NAMESPACE, &[], &[]);
+    let deployment = only(&docs, "Deployment");
+    assert_eq!(
+        deployment.value["spec"]["template"]["spec"]["securityContext"]["runAsGroup"],
+        65532
+    );
+    assert_eq!(
+        operator_container(deployment)["securityContext"]["runAsGroup"],
+        65532
+    );
+}
+
+/// customCA (a proxy's or a corporate CA) is trusted for registries too when
+/// the gate is on, unless gate.registryCA names a bundle of its own (the
+/// operator takes one registry bundle).
+#[test]
+fn custom_ca_reaches_the_registry_ca_flag_with_the_gate() {
+    let registry_ca = |args: &[&str]| -> Vec<String> {
+        let docs = render("rel", "ops", &[], args);
+        args_of(only(&docs, "Deployment"))
+            .into_iter()
+            .filter(|a| a.starts_with("--registry-ca-bundle"))
+            .collect()
+    };
+    let custom_ca = [
+        "--set",
+        "customCA.enabled=true",
+        "--set",
+        "customCA.secretName=corp-ca",
+    ];
+    let gate = ["--set", "gate.enabled=true"];
+
+    let custom_ca_and_gate: Vec<&str> = custom_ca.iter().chain(&gate).copied().collect();
+    let docs = render("rel", "ops", &[], &custom_ca_and_gate);
+    let deployment = only(&docs, "Deployment");
+    assert_eq!(
+        args_of(deployment)
+            .into_iter()
+            .filter(|a| a.starts_with("--registry-ca-bundle"))
+            .collect::<Vec<_>>(),
+        ["--registry-ca-bundle=/etc/kosli-operator/custom-ca/ca.crt"]
+    );
+    assert_eq!(
+        env_of(deployment)["KOSLI_CA_BUNDLE"]["value"],
+        "/etc/kosli-operator/custom-ca/ca.crt",
+        "and still for Kosli"
+    );
+    let container = operator_container(deployment);
+    assert!(
+        container["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .contains(&json!({"name": "custom-ca", "mountPath": "/etc/kosli-operator/custom-ca", "readOnly": true})),
+        "the file the flag names is mounted: {container}"
+    );
+
+    assert_eq!(
+        registry_ca(&custom_ca),
+        Vec::<String>::new(),
+        "without the gate there are no registries to trust it for"
+    );
+    assert_eq!(registry_ca(&gate), Vec::<String>::new(), "no CA, no flag");
+    let mut both = custom_ca_and_gate.clone();
+    both.extend([
+        "--set",
+        "gate.registryCA.enabled=true",
+        "--set",
+        "gate.registryCA.secretName=registry-ca",
+    ]);
+    assert_eq!(
+        registry_ca(&both),
+        ["--registry-ca-bundle=/etc/kosli-operator/registry-ca/ca.crt"],
+        "gate.registryCA wins: the flag takes one file"
+    );
+}
+
 #[tokio::test]
 async fn chart_rbac_lets_the_operator_report_and_refuses_secrets() {
     let env = TestEnv::get();
@@ -1064,6 +1315,16 @@ reporterConfig:
         &["--set", "cronSchedule=*/5 * * * *"],
         "",
         "Additional property cronSchedule is not allowed",
+    );
+    refused(
+        &["--set", "image.repository=ghcr.io/kosli-dev/cli"],
+        "",
+        "image.repository ghcr.io/kosli-dev/cli is the Kosli CLI",
+    );
+    refused(
+        &[],
+        "reporterConfig:\n  includeScaling: null\n",
+        "Additional property includeScaling is not allowed",
     );
     refused(
         &["--set", "replicaCount=two"],

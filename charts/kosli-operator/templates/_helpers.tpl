@@ -41,6 +41,37 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 {{- end }}
 
+{{/* Whether to create the RBAC: rbac.create when set, else as serviceAccount.create does
+(as Kosli's k8s-reporter chart, which creates no RBAC for a ServiceAccount it did not create). */}}
+{{- define "kosli-operator.rbacCreate" -}}
+{{- if kindIs "bool" .Values.rbac.create }}{{ .Values.rbac.create }}{{ else }}{{ .Values.serviceAccount.create }}{{ end }}
+{{- end }}
+
+{{/* A securityContext without its null keys, at any depth, as JSON. Helm drops a null only
+where the chart has a default for the key; elsewhere (fsGroup) it would reach the
+manifest as null. Null means "left to the platform", e.g. OpenShift's SCC picking the
+uid, gid and fsGroup from the namespace's range. */}}
+{{- define "kosli-operator.withoutNulls" -}}
+{{- $out := dict }}
+{{- range $key, $value := . }}
+{{- if kindIs "map" $value }}
+{{- $_ := set $out $key (include "kosli-operator.withoutNulls" $value | fromJson) }}
+{{- else if not (kindIs "invalid" $value) }}
+{{- $_ := set $out $key $value }}
+{{- end }}
+{{- end }}
+{{- toJson $out }}
+{{- end }}
+
+{{/* Where the registry CA bundle of the gate comes from: gate.registryCA, else customCA
+(a TLS-inspecting proxy's or a corporate CA is usually the registries' too). Empty: none.
+The operator takes one bundle file, so with both set gate.registryCA is used. */}}
+{{- define "kosli-operator.registryCABundle" -}}
+{{- if .Values.gate.registryCA.enabled }}/etc/kosli-operator/registry-ca/ca.crt
+{{- else if .Values.customCA.enabled }}/etc/kosli-operator/custom-ca/ca.crt
+{{- end }}
+{{- end }}
+
 {{- define "kosli-operator.image" -}}
 {{- if .Values.image.digest }}
 {{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
@@ -89,6 +120,9 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- define "kosli-operator.validate" -}}
 {{- if and (gt (int .Values.replicaCount) 1) (not .Values.leaderElection.enabled) }}
 {{- fail "replicaCount > 1 needs leaderElection.enabled: two reporters on one environment would make its snapshots flip" }}
+{{- end }}
+{{- if regexMatch "(^|/)kosli-dev/cli$" .Values.image.repository }}
+{{- fail (printf "image.repository %s is the Kosli CLI, the k8s-reporter chart's image: leave image.* out of values copied from that chart" .Values.image.repository) }}
 {{- end }}
 {{- if and .Values.customCA.enabled (not .Values.customCA.secretName) }}
 {{- fail "customCA.secretName is required when customCA.enabled" }}
