@@ -470,6 +470,55 @@ fn pull_secret_access_exists_only_with_pull_secrets_and_only_where_listed() {
 
 /// The gate's limits and break-glass authority reach the command line with
 /// their documented defaults; users, client auth and pull secrets only when set.
+/// `gate.matchConditions` reach the ValidatingWebhookConfiguration on 1.28+
+/// clusters only; per-environment gate options reach the KosliEnvironment.
+#[test]
+fn match_conditions_are_rendered_from_1_28_and_environment_gate_options_pass_through() {
+    let dir = tempfile::tempdir().unwrap();
+    let values = write_values(
+        dir.path(),
+        "values.yaml",
+        r#"
+gate:
+  enabled: true
+  matchConditions:
+    - name: not-the-deployer
+      expression: "request.userInfo.username != 'system:serviceaccount:argocd:controller'"
+reporterConfig:
+  environments:
+    - name: prod
+      namespaces: [shop]
+      gate: {mode: "Enforce", unknownArtifacts: Warn, requireDigest: true}
+"#,
+    );
+    let webhook = |version: &str| {
+        let docs = render("rel", "ops", &[&values], &["--kube-version", version]);
+        let environment = only(&docs, "KosliEnvironment").value["spec"]["gate"].clone();
+        assert_eq!(
+            environment,
+            serde_json::json!({"mode": "Enforce", "unknownArtifacts": "Warn", "requireDigest": true})
+        );
+        only(&docs, "ValidatingWebhookConfiguration").value["webhooks"][0].clone()
+    };
+    let recent = webhook("1.29.0");
+    assert_eq!(
+        recent["matchConditions"],
+        serde_json::json!([{"name": "not-the-deployer",
+            "expression": "request.userInfo.username != 'system:serviceaccount:argocd:controller'"}])
+    );
+    assert!(
+        webhook("1.27.3").get("matchConditions").is_none(),
+        "not before 1.28"
+    );
+    let bad = write_values(
+        dir.path(),
+        "bad.yaml",
+        "gate:\n  enabled: true\n  matchConditions: [{name: x}]\n",
+    );
+    let err = helm_template("rel", "ops", &[&bad], &["--kube-version", "1.29.0"]).unwrap_err();
+    assert!(err.contains("expression"), "{err}");
+}
+
 #[test]
 fn gate_flags_are_rendered_with_their_defaults() {
     let docs = render("rel", "ops", &[], &["--set", "gate.enabled=true"]);
