@@ -5,7 +5,7 @@ use kosli_operator::cli::Cli;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    kosli_operator::observe::logging::init();
+    kosli_operator::observe::logging::init(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
