@@ -4,7 +4,7 @@ use kosli_operator::cli::Cli;
 
 fn main() -> ExitCode {
     let cli = Cli::parse_with_env();
-    kosli_operator::observe::logging::init(cli.debug());
+    kosli_operator::observe::logging::init(cli.log_format, cli.debug());
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

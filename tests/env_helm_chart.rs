@@ -9,6 +9,7 @@
 
 mod support;
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,7 +18,9 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
 use k8s_openapi::api::events::v1::Event;
 use kosli_operator::core::crd::{KosliEnvironment, KosliEnvironmentSpec};
+use kosli_operator::observe::metrics::Metrics;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use regex::Regex;
 use serde_json::{Value, json};
 use support::chart_pod::ChartPod;
 use support::fake_kosli::{FakeKosli, ORG, TOKEN};
@@ -1645,4 +1648,648 @@ gate:
         json!(format!("{ns}/{}", certificate.name()))
     );
     assert!(configuration.value["webhooks"][0]["clientConfig"]["caBundle"].is_null());
+}
+
+// ---------------------------------------------------------------- observability
+
+/// The PrometheusRule and the dashboard on, with labels a Prometheus and a
+/// Grafana sidecar select by.
+const OBSERVABILITY_ON: &str = r#"
+metrics:
+  serviceMonitor: {enabled: true}
+  prometheusRule:
+    enabled: true
+    labels: {release: prometheus}
+    alertLabels: {severity: page, team: platform}
+  grafanaDashboard:
+    enabled: true
+    annotations: {grafana_folder: Kosli}
+"#;
+
+/// The alerts the README recommends, by name.
+const ALERTS: [&str; 3] = [
+    "KosliReportOverdue",
+    "KosliEnvironmentNotReady",
+    "KosliReportsFailing",
+];
+
+/// Labels Prometheus gives every series it scrapes (the target's), which a
+/// query may use besides the operator's own.
+const TARGET_LABELS: [&str; 4] = ["job", "namespace", "pod", "instance"];
+
+/// What the operator exports: every series name a query may use, with its labels.
+fn exported() -> BTreeMap<String, BTreeSet<String>> {
+    Metrics::new().unwrap().series()
+}
+
+/// The dashboard as the chart ships it.
+fn dashboard_file() -> Value {
+    let text = std::fs::read_to_string(chart().join("dashboards/kosli-operator.json")).unwrap();
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("the dashboard is not JSON: {e}"))
+}
+
+fn metric_names(expr: &str) -> Vec<String> {
+    Regex::new(r"\bkosli_operator_[a-z0-9_]+")
+        .unwrap()
+        .find_iter(expr)
+        .map(|m| m.as_str().to_owned())
+        .collect()
+}
+
+/// Asserts that `expr` names only series the operator exports, that every
+/// label matcher and every `by`/`on` label is one those series carry (or a
+/// target label), and returns the names.
+fn assert_queries_exported(
+    expr: &str,
+    exported: &BTreeMap<String, BTreeSet<String>>,
+    what: &str,
+) -> Vec<String> {
+    let names = metric_names(expr);
+    assert!(!names.is_empty(), "{what}: no operator series in {expr}");
+    let has =
+        |name: &str, label: &str| TARGET_LABELS.contains(&label) || exported[name].contains(label);
+    for name in &names {
+        assert!(
+            exported.contains_key(name),
+            "{what}: {name} is not a series the operator exports: {expr}"
+        );
+    }
+    let selector = Regex::new(r"(kosli_operator_[a-z0-9_]+)\{([^}]*)\}").unwrap();
+    let matcher =
+        Regex::new(r#"([a-zA-Z_][a-zA-Z0-9_]*)\s*(?:=~|!~|!=|=)\s*"(?:[^"\\]|\\.)*""#).unwrap();
+    for cap in selector.captures_iter(expr) {
+        let (name, matchers) = (&cap[1], &cap[2]);
+        for m in matcher.captures_iter(matchers) {
+            assert!(
+                has(name, &m[1]),
+                "{what}: {name} has no label {}: {expr}",
+                &m[1]
+            );
+        }
+        let rest = matcher.replace_all(matchers, "");
+        assert!(
+            rest.chars().all(|c| c == ',' || c.is_whitespace()),
+            "{what}: unreadable matchers {matchers:?}: {expr}"
+        );
+    }
+    // A grouping names labels of the series it applies to: the next one named.
+    let grouping = Regex::new(r"\b(?:by|on|without|ignoring)\s*\(([^)]*)\)").unwrap();
+    for cap in grouping.captures_iter(expr) {
+        let after = &expr[cap.get(0).unwrap().end()..];
+        let name = metric_names(after)
+            .into_iter()
+            .next()
+            .unwrap_or_else(|| panic!("{what}: a grouping with no series after it: {expr}"));
+        for label in cap[1].split(',').map(str::trim).filter(|l| !l.is_empty()) {
+            assert!(
+                has(&name, label),
+                "{what}: groups by {label}, which {name} does not carry: {expr}"
+            );
+        }
+    }
+    names
+}
+
+/// `promtool check rules` on `rules` (a Prometheus rule file's `groups`):
+/// Prometheus' own parser accepts every expression; returns its output.
+fn promtool_check(dir: &Path, name: &str, groups: &Value) -> String {
+    let file = dir.join(name);
+    std::fs::write(&file, json!({ "groups": groups }).to_string()).unwrap();
+    let mut cmd = isolated(tool("PROMTOOL"));
+    cmd.args(["check", "rules"]).arg(&file);
+    let output = run(&mut cmd, "");
+    let out = text(&output);
+    assert!(
+        output.status.success(),
+        "promtool check rules {name}:\n{out}"
+    );
+    out
+}
+
+/// The one PrometheusRule of a rendering, and its rules by alert name.
+fn alert_rules(docs: &[Doc]) -> BTreeMap<String, Value> {
+    let rule = only(docs, "PrometheusRule");
+    let groups = rule.value["spec"]["groups"].as_array().unwrap();
+    groups
+        .iter()
+        .flat_map(|g| g["rules"].as_array().unwrap().iter())
+        .map(|r| (r["alert"].as_str().unwrap().to_owned(), r.clone()))
+        .collect()
+}
+
+#[test]
+fn prometheus_rule_and_dashboard_render_only_when_enabled() {
+    let dir = tempfile::tempdir().unwrap();
+    let dashboards = |docs: &[Doc]| -> usize {
+        all(docs, "ConfigMap")
+            .iter()
+            .filter(|d| d.value["metadata"]["labels"]["grafana_dashboard"].is_string())
+            .count()
+    };
+    let defaults = render("kosli-operator", RELEASE_NAMESPACE, &[], &[]);
+    assert!(
+        all(&defaults, "PrometheusRule").is_empty(),
+        "off by default"
+    );
+    assert_eq!(dashboards(&defaults), 0, "off by default");
+
+    let rule_only = write_values(
+        dir.path(),
+        "rule.yaml",
+        "metrics: {prometheusRule: {enabled: true}}",
+    );
+    let docs = render("kosli-operator", RELEASE_NAMESPACE, &[&rule_only], &[]);
+    only(&docs, "PrometheusRule");
+    assert_eq!(dashboards(&docs), 0);
+
+    let dashboard_only = write_values(
+        dir.path(),
+        "dashboard.yaml",
+        "metrics: {grafanaDashboard: {enabled: true, namespace: monitoring}}",
+    );
+    let docs = render("kosli-operator", RELEASE_NAMESPACE, &[&dashboard_only], &[]);
+    assert!(all(&docs, "PrometheusRule").is_empty());
+    assert_eq!(dashboards(&docs), 1);
+    let configmap = only(&docs, "ConfigMap");
+    assert_eq!(configmap.namespace(), Some("monitoring"));
+    assert_eq!(
+        configmap.value["metadata"]["labels"]["grafana_dashboard"], "1",
+        "the Grafana sidecar's default label"
+    );
+
+    // Unknown keys are refused, as everywhere in the values.
+    let typo = write_values(
+        dir.path(),
+        "typo.yaml",
+        "metrics: {prometheusRule: {enable: true}}",
+    );
+    let err = helm_template("kosli-operator", RELEASE_NAMESPACE, &[&typo], &[]).unwrap_err();
+    assert!(err.contains("enable"), "{err}");
+}
+
+#[tokio::test]
+async fn the_dashboard_configmap_carries_the_shipped_json_and_the_apiserver_accepts_it() {
+    let env = TestEnv::get();
+    let admin = env.client().await;
+    ensure_namespace(&admin, RELEASE_NAMESPACE).await;
+    let dir = tempfile::tempdir().unwrap();
+    let values = write_values(dir.path(), "observability.yaml", OBSERVABILITY_ON);
+    let docs = render("kosli-operator", RELEASE_NAMESPACE, &[&values], &[]);
+    let configmap = only(&docs, "ConfigMap");
+    assert_eq!(configmap.name(), "kosli-operator-dashboard");
+    assert_eq!(configmap.namespace(), Some(RELEASE_NAMESPACE));
+    let metadata = &configmap.value["metadata"];
+    assert_eq!(metadata["labels"]["grafana_dashboard"], "1");
+    assert_eq!(
+        metadata["labels"]["app.kubernetes.io/instance"],
+        "kosli-operator"
+    );
+    assert_eq!(metadata["annotations"]["grafana_folder"], "Kosli");
+    let data = configmap.value["data"].as_object().unwrap();
+    assert_eq!(data.len(), 1, "one dashboard: {data:?}");
+    let json_text = data["kosli-operator.json"].as_str().unwrap();
+    let shipped: Value = serde_json::from_str(json_text)
+        .unwrap_or_else(|e| panic!("the ConfigMap's dashboard is not JSON: {e}"));
+    assert_eq!(
+        shipped,
+        dashboard_file(),
+        "the ConfigMap carries the file as is"
+    );
+    // Client-side `kubectl apply` keeps the whole object in an annotation of at
+    // most 256 KiB.
+    assert!(json_text.len() < 200 * 1024, "{} bytes", json_text.len());
+
+    kubernetes_validate(std::slice::from_ref(configmap), "the dashboard ConfigMap");
+    let old = render(
+        "kosli-operator",
+        RELEASE_NAMESPACE,
+        &[&values],
+        &["--kube-version", TEST_APISERVER_VERSION],
+    );
+    server_dry_run(
+        &env.kubeconfig,
+        &[only(&old, "ConfigMap").clone()],
+        "the dashboard ConfigMap",
+    );
+}
+
+#[test]
+fn the_prometheus_rule_is_well_formed_and_alerts_on_what_the_readme_recommends() {
+    let dir = tempfile::tempdir().unwrap();
+    let values = write_values(dir.path(), "observability.yaml", OBSERVABILITY_ON);
+    let docs = render("kosli-operator", RELEASE_NAMESPACE, &[&values], &[]);
+    let rule = only(&docs, "PrometheusRule");
+
+    // The structure the Prometheus Operator's CRD (monitoring.coreos.com/v1) takes.
+    assert_eq!(rule.value["apiVersion"], "monitoring.coreos.com/v1");
+    assert_eq!(rule.name(), "kosli-operator");
+    assert_eq!(rule.namespace(), Some(RELEASE_NAMESPACE));
+    let labels = &rule.value["metadata"]["labels"];
+    assert_eq!(labels["release"], "prometheus", "the rule selector's label");
+    assert_eq!(labels["app.kubernetes.io/instance"], "kosli-operator");
+    let spec = rule.value["spec"].as_object().unwrap();
+    assert_eq!(spec.keys().collect::<Vec<_>>(), ["groups"], "{spec:?}");
+    let duration = Regex::new(r"^([0-9]+(ms|s|m|h|d|w|y))+$").unwrap();
+    let alert_name = Regex::new(r"^[A-Za-z_][A-Za-z0-9_]*$").unwrap();
+    let mut alerts = Vec::new();
+    for group in spec["groups"].as_array().unwrap() {
+        let group = group.as_object().unwrap();
+        assert!(
+            group
+                .keys()
+                .all(|k| ["name", "rules", "interval"].contains(&k.as_str())),
+            "{group:?}"
+        );
+        assert!(group["name"].as_str().is_some_and(|n| !n.is_empty()));
+        for r in group["rules"].as_array().unwrap() {
+            let r = r.as_object().unwrap();
+            assert!(
+                r.keys().all(
+                    |k| ["alert", "expr", "for", "labels", "annotations"].contains(&k.as_str())
+                ),
+                "{r:?}"
+            );
+            let name = r["alert"].as_str().unwrap();
+            assert!(alert_name.is_match(name), "{name}");
+            assert!(r["expr"].as_str().is_some_and(|e| !e.trim().is_empty()));
+            if let Some(f) = r.get("for") {
+                assert!(duration.is_match(f.as_str().unwrap()), "{name}: for {f}");
+            }
+            assert_eq!(
+                r["labels"],
+                json!({"severity": "page", "team": "platform"}),
+                "{name}: alertLabels"
+            );
+            let annotations = r["annotations"].as_object().unwrap();
+            for key in ["summary", "description"] {
+                assert!(
+                    annotations[key].as_str().is_some_and(|a| a.len() > 20),
+                    "{name}: {key}"
+                );
+            }
+            alerts.push(name.to_owned());
+        }
+    }
+    assert_eq!(alerts, ALERTS);
+
+    // Only this release's series: the ServiceMonitor's job in the release namespace.
+    let rules = alert_rules(&docs);
+    let selector = r#"job="kosli-operator-metrics",namespace="kosli-operator""#;
+    let exported = exported();
+    for (name, r) in &rules {
+        let expr = r["expr"].as_str().unwrap();
+        for series in assert_queries_exported(expr, &exported, name) {
+            assert!(
+                expr.contains(&format!("{series}{{{selector}")),
+                "{name}: {series} is not scoped to the release: {expr}"
+            );
+        }
+    }
+    // The README's conditions, read without the release's scoping.
+    let unscoped = |name: &str| {
+        rules[name]["expr"]
+            .as_str()
+            .unwrap()
+            .replace(&format!("{{{selector},"), "{")
+            .replace(&format!("{{{selector}}}"), "")
+    };
+    let readme = std::fs::read_to_string(support::repo_file("README.md")).unwrap();
+    let recommended = r#"rate(kosli_operator_reports_total{result="failed"}[10m]) > 0"#;
+    for said in [
+        "Alert on `kosli_operator_seconds_since_last_report` above twice the heartbeat",
+        "`Ready=False` (or `Stale=True`) KosliEnvironments",
+        recommended,
+    ] {
+        assert!(readme.contains(said), "the README no longer says {said:?}");
+    }
+    let overdue = unscoped("KosliReportOverdue");
+    assert!(
+        overdue
+            .contains("min by (namespace, environment) (kosli_operator_seconds_since_last_report)")
+            && overdue
+                .contains("2 * max by (namespace, environment) (kosli_operator_heartbeat_seconds)"),
+        "{overdue}"
+    );
+    let not_ready = unscoped("KosliEnvironmentNotReady");
+    assert!(
+        not_ready.contains(r#"condition="Ready"}) == 0"#)
+            && not_ready.contains(r#"condition="Stale"}) == 1"#),
+        "{not_ready}"
+    );
+    let failing = unscoped("KosliReportsFailing");
+    assert!(
+        failing.contains(r#"rate(kosli_operator_reports_total{result="failed"}[10m])"#)
+            && failing.trim_end().ends_with("> 0"),
+        "{failing}"
+    );
+
+    // Prometheus parses them.
+    let out = promtool_check(dir.path(), "rules.json", &rule.value["spec"]["groups"]);
+    assert!(out.contains("SUCCESS: 3 rules found"), "{out}");
+
+    // Another scope, as set.
+    let other = write_values(
+        dir.path(),
+        "selector.yaml",
+        "metrics: {prometheusRule: {enabled: true, selector: 'job=\"kosli\"'}}",
+    );
+    let docs = render("kosli-operator", RELEASE_NAMESPACE, &[&other], &[]);
+    for (name, r) in alert_rules(&docs) {
+        let expr = r["expr"].as_str().unwrap();
+        assert!(
+            expr.contains(r#"{job="kosli""#) && !expr.contains("kosli-operator-metrics"),
+            "{name}: {expr}"
+        );
+    }
+}
+
+/// One input series of a promtool unit test: the release's labels plus `labels`.
+fn series(name: &str, labels: &str, values: &str) -> Value {
+    json!({
+        "series": format!(
+            r#"{name}{{job="kosli-operator-metrics",namespace="kosli-operator",pod="kosli-operator-0",{labels}}}"#
+        ),
+        "values": values,
+    })
+}
+
+/// An alert promtool should see firing, its annotations expanded from the
+/// rule's own templates with `labels`.
+fn firing(rule: &Value, labels: &[(&str, &str)]) -> Value {
+    let mut exp_labels =
+        json!({"namespace": "kosli-operator", "severity": "page", "team": "platform"});
+    let mut annotations = rule["annotations"].clone();
+    for (label, value) in labels {
+        exp_labels[*label] = json!(value);
+        for (_, text) in annotations.as_object_mut().unwrap() {
+            *text = json!(
+                text.as_str()
+                    .unwrap()
+                    .replace(&format!("{{{{ $labels.{label} }}}}"), value)
+            );
+        }
+    }
+    for (_, text) in annotations.as_object().unwrap() {
+        assert!(!text.as_str().unwrap().contains("{{"), "{text}");
+    }
+    json!({"exp_labels": exp_labels, "exp_annotations": annotations})
+}
+
+#[test]
+fn the_alerts_fire_on_what_they_say_and_only_for_this_release() {
+    let dir = tempfile::tempdir().unwrap();
+    let values = write_values(dir.path(), "observability.yaml", OBSERVABILITY_ON);
+    let docs = render("kosli-operator", RELEASE_NAMESPACE, &[&values], &[]);
+    let rules = alert_rules(&docs);
+    let groups = &only(&docs, "PrometheusRule").value["spec"]["groups"];
+    promtool_check(dir.path(), "rules.json", groups);
+
+    let overdue = &rules["KosliReportOverdue"];
+    let not_ready = &rules["KosliEnvironmentNotReady"];
+    let failing = &rules["KosliReportsFailing"];
+    let another_release = |name: &str, labels: &str, values: &str| {
+        json!({
+            "series": format!(r#"{name}{{job="another-operator-metrics",namespace="kosli-operator",{labels}}}"#),
+            "values": values,
+        })
+    };
+    let input_series = json!([
+        // prod: the leader reported at minute 0 and not since; heartbeat 300 s.
+        series(
+            "kosli_operator_seconds_since_last_report",
+            r#"environment="prod""#,
+            "0+60x30"
+        ),
+        // A former leader's age keeps growing: the least across replicas counts.
+        json!({
+            "series": r#"kosli_operator_seconds_since_last_report{job="kosli-operator-metrics",namespace="kosli-operator",pod="kosli-operator-1",environment="prod"}"#,
+            "values": "5000+60x30",
+        }),
+        series(
+            "kosli_operator_heartbeat_seconds",
+            r#"environment="prod""#,
+            "300x30"
+        ),
+        // Another operator's series never alert here.
+        another_release(
+            "kosli_operator_seconds_since_last_report",
+            r#"environment="theirs""#,
+            "9000+60x30"
+        ),
+        another_release(
+            "kosli_operator_heartbeat_seconds",
+            r#"environment="theirs""#,
+            "30x30"
+        ),
+        another_release(
+            "kosli_operator_reports_total",
+            r#"environment="theirs",result="failed""#,
+            "0+1x30"
+        ),
+        // shop turns Ready=False at minute 6; stale-one is Stale from the start;
+        // fine stays Ready.
+        series(
+            "kosli_operator_environment_condition",
+            r#"kosli_environment="shop",condition="Ready""#,
+            "1x5 0x25"
+        ),
+        series(
+            "kosli_operator_environment_condition",
+            r#"kosli_environment="stale-one",condition="Ready""#,
+            "1x30"
+        ),
+        series(
+            "kosli_operator_environment_condition",
+            r#"kosli_environment="stale-one",condition="Stale""#,
+            "1x30"
+        ),
+        series(
+            "kosli_operator_environment_condition",
+            r#"kosli_environment="fine",condition="Ready""#,
+            "1x30"
+        ),
+        series(
+            "kosli_operator_environment_condition",
+            r#"kosli_environment="fine",condition="Stale""#,
+            "0x30"
+        ),
+        // prod: one failed report at minute 6, sent ones all along.
+        series(
+            "kosli_operator_reports_total",
+            r#"environment="prod",result="failed""#,
+            "0x5 1x25"
+        ),
+        series(
+            "kosli_operator_reports_total",
+            r#"environment="prod",result="sent""#,
+            "0+3x30"
+        ),
+    ]);
+    let at = |minute: u32, alert: &str, expected: Vec<Value>| json!({"eval_time": format!("{minute}m"), "alertname": alert, "exp_alerts": expected});
+    let prod = [("environment", "prod")];
+    let tests = json!({
+        "rule_files": ["rules.json"],
+        "evaluation_interval": "1m",
+        "tests": [{
+            "interval": "1m",
+            "input_series": input_series,
+            "alert_rule_test": [
+                // 600 s is not above twice 300 s; 660 s is.
+                at(10, "KosliReportOverdue", vec![]),
+                at(11, "KosliReportOverdue", vec![firing(overdue, &prod)]),
+                // Each fires once it has lasted 5 minutes: stale-one from
+                // minute 5, shop (not Ready from minute 6) from minute 11.
+                at(4, "KosliEnvironmentNotReady", vec![]),
+                at(8, "KosliEnvironmentNotReady", vec![firing(not_ready, &[("kosli_environment", "stale-one")])]),
+                at(12, "KosliEnvironmentNotReady", vec![
+                    firing(not_ready, &[("kosli_environment", "shop")]),
+                    firing(not_ready, &[("kosli_environment", "stale-one")]),
+                ]),
+                // A failure within the last 10 minutes, and not after.
+                at(5, "KosliReportsFailing", vec![]),
+                at(12, "KosliReportsFailing", vec![firing(failing, &prod)]),
+                at(20, "KosliReportsFailing", vec![]),
+            ],
+        }],
+    });
+    let file = dir.path().join("tests.json");
+    std::fs::write(&file, tests.to_string()).unwrap();
+    let mut cmd = isolated(tool("PROMTOOL"));
+    cmd.current_dir(dir.path())
+        .args(["test", "rules"])
+        .arg(&file);
+    let output = run(&mut cmd, "");
+    assert!(
+        output.status.success(),
+        "promtool test rules:\n{}\n{}",
+        text(&output),
+        serde_json::to_string_pretty(&tests).unwrap()
+    );
+}
+
+#[test]
+fn the_dashboard_queries_only_what_the_operator_exports() {
+    let dashboard = dashboard_file();
+    assert_eq!(dashboard["uid"], "kosli-operator");
+    assert!(dashboard["title"].as_str().is_some_and(|t| !t.is_empty()));
+    let variables = dashboard["templating"]["list"].as_array().unwrap();
+    let datasource = variables
+        .iter()
+        .find(|v| v["type"] == "datasource")
+        .expect("a data source variable: the sidecar's Grafana names its own");
+    assert_eq!(datasource["query"], "prometheus");
+    let ds = json!({"type": "prometheus", "uid": format!("${{{}}}", datasource["name"].as_str().unwrap())});
+    let exported = exported();
+
+    // Each variable's query: label_values(SERIES, LABEL), of a series that has it.
+    let label_values = Regex::new(r"^label_values\((.+),\s*([a-z_]+)\)$").unwrap();
+    let mut names: Vec<String> = vec![datasource["name"].as_str().unwrap().to_owned()];
+    for variable in variables.iter().filter(|v| v["type"] == "query") {
+        let query = variable["query"]["query"].as_str().unwrap();
+        let cap = label_values
+            .captures(query)
+            .unwrap_or_else(|| panic!("{query}"));
+        let expr = cap[1].replace("$job", ".+");
+        let series = assert_queries_exported(&expr, &exported, query);
+        assert!(
+            TARGET_LABELS.contains(&&cap[2]) || exported[&series[0]].contains(&cap[2]),
+            "{query}"
+        );
+        assert_eq!(variable["datasource"], ds, "{query}");
+        names.push(variable["name"].as_str().unwrap().to_owned());
+    }
+
+    let mut ids = BTreeSet::new();
+    let mut used = BTreeSet::new();
+    let mut records = Vec::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        let id = panel["id"].as_u64().unwrap();
+        assert!(ids.insert(id), "panel id {id} twice");
+        let grid = &panel["gridPos"];
+        let (x, w) = (grid["x"].as_u64().unwrap(), grid["w"].as_u64().unwrap());
+        assert!(
+            x + w <= 24 && w > 0 && grid["h"].as_u64().unwrap() > 0,
+            "{panel}"
+        );
+        let title = panel["title"].as_str().unwrap();
+        if panel["type"] == "row" {
+            continue;
+        }
+        assert_eq!(panel["datasource"], ds, "{title}");
+        let targets = panel["targets"].as_array().unwrap();
+        assert!(!targets.is_empty(), "{title}: no query");
+        let mut ref_ids = BTreeSet::new();
+        for target in targets {
+            assert_eq!(target["datasource"], ds, "{title}");
+            assert!(ref_ids.insert(target["refId"].as_str().unwrap()), "{title}");
+            let expr = target["expr"].as_str().unwrap();
+            // Grafana's variables, as Grafana fills them in.
+            let mut filled = expr
+                .replace("$__rate_interval", "5m")
+                .replace("$job", ".+")
+                .replace("$environment", ".*");
+            assert!(
+                !filled.contains('$'),
+                "{title}: an unknown variable in {expr}"
+            );
+            for name in assert_queries_exported(&filled, &exported, title) {
+                used.insert(name);
+            }
+            filled = filled.trim().to_owned();
+            records.push(json!({"record": format!("dashboard:panel_{id}:{}", target["refId"].as_str().unwrap()), "expr": filled}));
+        }
+    }
+    // Reports, latency, failures, store size and gate decisions are all there.
+    for needed in [
+        "kosli_operator_reports_total",
+        "kosli_operator_change_to_report_seconds_bucket",
+        "kosli_operator_report_duration_seconds_bucket",
+        "kosli_operator_kosli_request_duration_seconds_bucket",
+        "kosli_operator_report_size_bytes_sum",
+        "kosli_operator_seconds_since_last_report",
+        "kosli_operator_kosli_retries_total",
+        "kosli_operator_store_pods",
+        "kosli_operator_environment_condition",
+        "kosli_operator_admission_reviews_total",
+        "kosli_operator_admission_review_duration_seconds_bucket",
+    ] {
+        assert!(
+            used.contains(needed),
+            "the dashboard shows no {needed}: {used:?}"
+        );
+    }
+    assert!(
+        names.contains(&"job".to_owned()) && names.contains(&"environment".to_owned()),
+        "{names:?}"
+    );
+
+    // Prometheus parses every query.
+    let dir = tempfile::tempdir().unwrap();
+    let count = records.len();
+    let out = promtool_check(
+        dir.path(),
+        "dashboard.json",
+        &json!([{"name": "dashboard", "rules": records}]),
+    );
+    assert!(
+        out.contains(&format!("SUCCESS: {count} rules found")),
+        "{out}"
+    );
+}
+
+#[test]
+fn log_format_reaches_the_operator() {
+    let dir = tempfile::tempdir().unwrap();
+    let docs = render("kosli-operator", RELEASE_NAMESPACE, &[], &[]);
+    assert!(
+        args_of(only(&docs, "Deployment")).contains(&"--log-format=text".to_owned()),
+        "the default"
+    );
+    let json_logs = write_values(dir.path(), "json.yaml", "reporterConfig: {logFormat: json}");
+    let docs = render("kosli-operator", RELEASE_NAMESPACE, &[&json_logs], &[]);
+    let args = args_of(only(&docs, "Deployment"));
+    assert!(args.contains(&"--log-format=json".to_owned()), "{args:?}");
+    let yaml_logs = write_values(dir.path(), "yaml.yaml", "reporterConfig: {logFormat: yaml}");
+    let err = helm_template("kosli-operator", RELEASE_NAMESPACE, &[&yaml_logs], &[]).unwrap_err();
+    assert!(err.contains("logFormat"), "{err}");
 }

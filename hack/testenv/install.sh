@@ -3,7 +3,7 @@
 # only checks what is there and takes seconds.
 #
 # Tool paths can be overridden by env vars; a tool whose variable is set is neither installed
-# nor built here: KUBE_APISERVER ETCD REGISTRY SKOPEO HELM KUBECTL KUBERNETES_VALIDATE ACTIONLINT.
+# nor built here: KUBE_APISERVER ETCD REGISTRY SKOPEO HELM KUBECTL KUBERNETES_VALIDATE ACTIONLINT PROMTOOL.
 # Cache (binaries, venv, kube-apiserver build tree): KOSLI_TESTENV_CACHE
 # (default ~/.cache/kosli-operator/testenv). KOSLI_TESTENV_DROP_BUILD_TREE=1 removes the
 # 2+ GB build tree after a successful build (kept by default for incremental rebuilds).
@@ -36,6 +36,7 @@ USER_HELM=0; user_set HELM && USER_HELM=1
 USER_KUBECTL=0; user_set KUBECTL && USER_KUBECTL=1
 USER_VALIDATE=0; user_set KUBERNETES_VALIDATE && USER_VALIDATE=1
 USER_ACTIONLINT=0; user_set ACTIONLINT && USER_ACTIONLINT=1
+USER_PROMTOOL=0; user_set PROMTOOL && USER_PROMTOOL=1
 testenv_resolve_tools
 : "${ACTIONLINT:=$TESTENV_CACHE/venv/bin/actionlint}"
 mkdir -p "$TESTENV_BIN"
@@ -56,6 +57,8 @@ wanted=(apache2-utils openssl curl jq ca-certificates)
 [ "$USER_ETCD" = 1 ] || wanted+=(etcd-server)
 [ "$USER_REGISTRY" = 1 ] || wanted+=(docker-registry)
 [ "$USER_SKOPEO" = 1 ] || wanted+=(skopeo)
+# promtool (checks and unit-tests the chart's alerting rules) ships in Debian's prometheus.
+[ "$USER_PROMTOOL" = 1 ] || wanted+=(prometheus)
 [ "$need_build" = 1 ] && wanted+=(golang-go golang-github-modern-go-reflect2-dev dpkg-dev rsync make)
 if [ "$need_layer" = 1 ]; then
   wanted+=(unzip)
@@ -197,8 +200,9 @@ printf '%-20s %-60s %s\n' \
   kubernetes-validate "$KUBERNETES_VALIDATE" "$(first_line "$KUBERNETES_VALIDATE" --version)" \
   actionlint "$ACTIONLINT" "$(first_line "$ACTIONLINT" -version)" \
   shellcheck "$(command -v shellcheck || echo '(none)')" "$(shellcheck --version 2>/dev/null | sed -n 's/^version: //p')" \
+  promtool "$PROMTOOL" "$(first_line "$PROMTOOL" --version)" \
   htpasswd "$HTPASSWD" "$(dpkg-query -W -f='apache2-utils ${Version}' apache2-utils 2>/dev/null || echo '?')"
 # Fail if anything we are about to rely on is not runnable.
-for t in "$KUBE_APISERVER" "$ETCD" "$REGISTRY" "$SKOPEO" "$HELM" "$KUBECTL" "$KUBERNETES_VALIDATE" "$ACTIONLINT" "$HTPASSWD"; do
+for t in "$KUBE_APISERVER" "$ETCD" "$REGISTRY" "$SKOPEO" "$HELM" "$KUBECTL" "$KUBERNETES_VALIDATE" "$ACTIONLINT" "$HTPASSWD" "$PROMTOOL"; do
   [ -x "$t" ] || testenv_die "not executable: $t"
 done

@@ -19,9 +19,10 @@ testenv_resolve_tools() {
   : "${KUBECTL:=$TESTENV_BIN/kubectl}"
   : "${KUBERNETES_VALIDATE:=$TESTENV_CACHE/venv/bin/kubernetes-validate}"
   : "${HTPASSWD:=$(command -v htpasswd || echo /usr/bin/htpasswd)}"
+  : "${PROMTOOL:=$(command -v promtool || echo /usr/bin/promtool)}"
   # The token issuer and the port picker only need the Python 3 standard library.
   : "${TESTENV_PYTHON:=$(command -v python3)}"
-  export KUBE_APISERVER ETCD REGISTRY SKOPEO HELM KUBECTL KUBERNETES_VALIDATE HTPASSWD TESTENV_PYTHON
+  export KUBE_APISERVER ETCD REGISTRY SKOPEO HELM KUBECTL KUBERNETES_VALIDATE HTPASSWD PROMTOOL TESTENV_PYTHON
 }
 
 # True if PID is alive and its command line mentions RUN_DIR/ — every process start.sh launches

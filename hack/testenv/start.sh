@@ -44,7 +44,7 @@
 #   TESTENV_IMAGE_INDEX_TAG       tag of a two-platform OCI image index
 #   TESTENV_IMAGE_INDEX_DIGEST    the index digest
 #   TESTENV_IMAGE_AMD64_DIGEST, TESTENV_IMAGE_ARM64_DIGEST   the index's per-platform manifests
-#   HELM, KUBECTL, KUBERNETES_VALIDATE, KUBE_APISERVER, ETCD, SKOPEO   tool paths
+#   HELM, KUBECTL, KUBERNETES_VALIDATE, PROMTOOL, KUBE_APISERVER, ETCD, SKOPEO   tool paths
 # All digests are what the registries answer in Docker-Content-Digest to a HEAD with OCI
 # Accept headers; start.sh checks that on every registry and fails if they differ.
 set -euo pipefail
@@ -451,6 +451,7 @@ TESTENV_IMAGE_ARM64_DIGEST=$ARM64_DIGEST
 HELM=$HELM
 KUBECTL=$KUBECTL
 KUBERNETES_VALIDATE=$KUBERNETES_VALIDATE
+PROMTOOL=$PROMTOOL
 KUBE_APISERVER=$KUBE_APISERVER
 ETCD=$ETCD
 SKOPEO=$SKOPEO

@@ -28,6 +28,16 @@ use crate::kosli::{ApiToken, KosliConfig, RetryPolicy};
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+
+    /// Log lines on stderr: text for people, or json (one object per line) for log pipelines.
+    #[arg(
+        long,
+        global = true,
+        env = "KOSLI_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
+    pub log_format: crate::observe::logging::LogFormat,
 }
 
 /// The prefix of the variable every flag also reads.

@@ -230,6 +230,9 @@ pub struct Machine {
     written: Option<KosliEnvironmentStatus>,
     /// Why the view is not current, since the last build found it so.
     view_stale: Option<String>,
+    /// When the earliest change that no accepted report carries yet came in:
+    /// the next report sent carries it (see [`Machine::unreported_since`]).
+    unreported_since: Option<Instant>,
     rng: fastrand::Rng,
 }
 
@@ -259,6 +262,7 @@ impl Machine {
             last_error: None,
             written: None,
             view_stale: None,
+            unreported_since: None,
             rng: fastrand::Rng::new(),
         }
     }
@@ -269,8 +273,22 @@ impl Machine {
         self
     }
 
+    /// The spec it works by.
+    pub fn spec(&self) -> &Spec {
+        &self.spec
+    }
+
     pub fn summary(&self) -> Option<&Summary> {
         self.summary.as_ref()
+    }
+
+    /// When the first change that the snapshot about to be sent carries came
+    /// in (the [`Input::Changed`] that started the batch, or the earliest
+    /// batch that failed to reach Kosli since): Kosli's acceptance of it ends
+    /// the change-to-report latency. `None` when it carries no change Kosli
+    /// does not hold yet (a heartbeat, the first report of a term, a spec change).
+    pub fn unreported_since(&self) -> Option<Instant> {
+        self.unreported_since
     }
 
     /// Takes one input; returns the effects to perform, in order.
@@ -334,7 +352,9 @@ impl Machine {
                     self.written = None;
                 }
                 if !leading {
+                    // Whoever leads next reports these changes.
                     self.pending = None;
+                    self.unreported_since = None;
                 }
                 self.leading = leading;
                 self.attempt(now)
@@ -453,7 +473,12 @@ impl Machine {
         if !self.leading {
             return Vec::new();
         }
-        let changed = self.pending.take().is_some();
+        let taken = self.pending.take();
+        let changed = taken.is_some();
+        if let Some(pending) = taken {
+            // Until a report carrying them is accepted, the earliest change waits.
+            self.unreported_since.get_or_insert(pending.first);
+        }
         self.last_attempt = Some(now.at);
         match &self.spec.ownership {
             Ownership::Owner => {}
@@ -512,6 +537,7 @@ impl Machine {
         self.outcome = Outcome::NotOwner { message };
         // What it built before is not what Kosli holds: status shows no snapshot.
         self.summary = None;
+        self.unreported_since = None;
         self.last_sent = None;
         self.hold = None;
         self.retry_at = None;
@@ -526,6 +552,10 @@ impl Machine {
             .as_ref()
             .is_some_and(|(_, at)| now.at >= *at + self.spec.heartbeat);
         let retry_due = self.retry_at.is_none_or(|at| now.at >= at);
+        if !changed {
+            // Kosli already holds this snapshot: the changes cancelled out.
+            self.unreported_since = None;
+        }
         self.summary = Some(summary);
         if self.leading && (changed || heartbeat_due) && retry_due {
             vec![Effect::Send {
@@ -560,6 +590,7 @@ impl Machine {
         }
         self.last_reported_at = Some(wall);
         self.last_sent = Some((hash, now.at));
+        self.unreported_since = None;
         self.outcome = if self.timing.dry_run {
             Outcome::DryRun
         } else {

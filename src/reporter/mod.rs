@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::core::crd::KosliEnvironment;
 use crate::core::pod::PodRecord;
-use crate::environments::{Applied, EnvironmentIndex, IndexedEnvironment};
+use crate::environments::{Applied, EnvironmentIndex, IndexedEnvironment, Ownership};
 use crate::k8s::events::EventPublisher;
 use crate::k8s::leader::Leadership;
 use crate::k8s::store::{Change, SharedState};
@@ -235,6 +235,7 @@ impl Reporter {
     }
 
     fn stop(&self, name: &str) {
+        self.shared.metrics.forget_conditions(name);
         if let Some(worker) = self.workers().remove(name) {
             worker.cancel.cancel();
             tracing::info!(
@@ -342,11 +343,20 @@ impl WatchListener for Reporter {
 
     /// Its worker stops; Kosli keeps the environment's history.
     fn environment_deleted(&self, env: &KosliEnvironment) {
-        self.environments.remove(&env.name_any());
-        self.stop(&env.name_any());
-        self.shared
-            .metrics
-            .forget_environment(&env.environment_name());
+        let name = env.name_any();
+        // A shadowed duplicate has no series of its own: the owner's stay.
+        let owned = self
+            .environments
+            .all()
+            .iter()
+            .any(|e| e.object == name && e.ownership == Ownership::Owner);
+        self.environments.remove(&name);
+        self.stop(&name);
+        if owned {
+            self.shared
+                .metrics
+                .forget_environment(&env.environment_name());
+        }
         // The next oldest naming the same Kosli environment takes over at once.
         self.settle_ownership();
     }

@@ -4,6 +4,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
 
@@ -24,7 +25,7 @@ use crate::core::crd::KosliEnvironment;
 use crate::core::pod::PodRecord;
 use crate::core::selection::{PodFilter, Selection};
 use crate::core::snapshot;
-use crate::environments::IndexedEnvironment;
+use crate::environments::{IndexedEnvironment, Ownership};
 use crate::k8s::events::EventType;
 use crate::k8s::store::PodsView;
 
@@ -162,6 +163,7 @@ impl Worker {
         let leading = leadership.is_leading();
         let machine = Machine::new(timing, machine_spec(&spec.borrow()), leading);
         let token_changes = shared.token_changes();
+        publish_heartbeat(&shared, &spec.borrow());
         Self {
             shared,
             name,
@@ -204,7 +206,9 @@ impl Worker {
                     if changed.is_err() {
                         return;
                     }
-                    Some(Input::Spec(machine_spec(&self.spec.borrow_and_update())))
+                    let env = self.spec.borrow_and_update().clone();
+                    self.spec_changed(&env);
+                    Some(Input::Spec(machine_spec(&env)))
                 }
                 () = self.notify.notified() => Some(Input::Changed),
                 () = super::token_changed(&mut self.token_changes) => Some(Input::CredentialsChanged),
@@ -231,10 +235,30 @@ impl Worker {
         }
     }
 
+    /// Steps the machine with `input`, now.
+    fn step(&mut self, input: Input) -> Vec<Effect> {
+        if matches!(input, Input::Leadership(false)) {
+            // Only the leader's view of the status is published: the next
+            // leader writes, and publishes, its own.
+            self.shared.metrics.forget_conditions(&self.name);
+        }
+        self.machine.step(input, Moment::now())
+    }
+
+    /// What a new spec changes in the metrics: the heartbeat, and the series
+    /// of a Kosli environment this one reported and no longer names.
+    fn spec_changed(&self, env: &IndexedEnvironment) {
+        let before = self.machine.spec();
+        if before.kosli_env != env.kosli_env && before.ownership == Ownership::Owner {
+            self.shared.metrics.forget_environment(&before.kosli_env);
+        }
+        publish_heartbeat(&self.shared, env);
+    }
+
     /// Steps the machine with `input` and performs what it returns, feeding
     /// each effect's result back, until nothing is left to do.
     async fn perform(&mut self, input: Input) {
-        let mut queue: VecDeque<Effect> = self.machine.step(input, Moment::now()).into();
+        let mut queue: VecDeque<Effect> = self.step(input).into();
         while let Some(effect) = queue.pop_front() {
             // Once shutting down, nothing new starts: the Lease is released
             // as soon as the effect in progress (a send) has ended.
@@ -245,10 +269,7 @@ impl Worker {
             // leading is performed only if this process still leads.
             if !matches!(effect, Effect::Build) && !self.leadership.is_leading() {
                 self.believed_leading = false;
-                queue = self
-                    .machine
-                    .step(Input::Leadership(false), Moment::now())
-                    .into();
+                queue = self.step(Input::Leadership(false)).into();
                 continue;
             }
             let next = match effect {
@@ -269,7 +290,7 @@ impl Worker {
                 }
             };
             if let Some(input) = next {
-                queue.extend(self.machine.step(input, Moment::now()));
+                queue.extend(self.step(input));
             }
             // A view the machine did not decide to send is not kept: it
             // holds on to records the store has since replaced.
@@ -346,11 +367,19 @@ impl Worker {
         };
         let bytes = built.body_len;
         let pods = self.machine.summary().map_or(0, |s| s.pods);
+        // The clocks of the change-to-report latency and of the attempt.
+        let carried = self.machine.unreported_since();
+        let started = Instant::now();
         let Some(kosli) = &self.shared.kosli else {
             let body = built.whole();
             tracing::info!(environment = %kosli_env, bytes, body = %String::from_utf8_lossy(&body),
                 "dry run: would report");
-            self.shared.metrics.report_sent(kosli_env, bytes);
+            self.shared.metrics.report_sent(
+                kosli_env,
+                bytes,
+                started.elapsed(),
+                carried.map(|at| at.elapsed()),
+            );
             return Some(Input::Sent {
                 ensured: false,
                 result: Ok(()),
@@ -385,12 +414,21 @@ impl Worker {
         }
         let result = match result {
             Ok(()) => {
-                self.shared.metrics.report_sent(kosli_env, bytes);
-                tracing::info!(environment = %kosli_env, pods, bytes, "reported");
+                let took = started.elapsed();
+                let latency = carried.map(|at| at.elapsed());
+                self.shared
+                    .metrics
+                    .report_sent(kosli_env, bytes, took, latency);
+                tracing::info!(environment = %kosli_env, pods, bytes,
+                    took_ms = took.as_millis() as u64,
+                    change_to_report_ms = latency.map(|l| l.as_millis() as u64),
+                    "reported");
                 Ok(())
             }
             Err(error) => {
-                self.shared.metrics.report_failed(kosli_env);
+                self.shared
+                    .metrics
+                    .report_failed(kosli_env, started.elapsed());
                 tracing::warn!(environment = %kosli_env, "report failed: {}", crate::error::chain(&error));
                 Err(Failure {
                     outcome: Outcome::from_error(&error),
@@ -434,6 +472,13 @@ impl Worker {
         let Some(status) = self.machine.status_to_write(resource, Moment::now()) else {
             return;
         };
+        self.shared.metrics.set_conditions(
+            &self.name,
+            status
+                .conditions
+                .iter()
+                .map(|c| (c.type_.as_str(), c.status.as_str())),
+        );
         let api: Api<KosliEnvironment> = Api::all(self.shared.client.clone());
         // Server-side apply: fields this manager wrote before and leaves out now
         // (a cleared lastKosliError) are removed, which a merge patch would not do.
@@ -462,6 +507,16 @@ impl Worker {
         if let Err(e) = published {
             tracing::warn!(kosli_environment = %self.name, "failed to record event {reason}: {e}");
         }
+    }
+}
+
+/// The environment's heartbeat, published by the KosliEnvironment that reports
+/// it (one that an older one shadows would overwrite the owner's).
+fn publish_heartbeat(shared: &Shared, env: &IndexedEnvironment) {
+    if env.ownership == Ownership::Owner {
+        shared
+            .metrics
+            .set_heartbeat(&env.kosli_env, env.heartbeat());
     }
 }
 

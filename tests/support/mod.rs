@@ -35,7 +35,7 @@ pub fn closed_loopback_url() -> String {
 }
 
 /// Variables of the caller that would change what the binary does.
-const CALLER_VARS: [&str; 15] = [
+const CALLER_VARS: [&str; 16] = [
     "HTTP_PROXY",
     "http_proxy",
     "HTTPS_PROXY",
@@ -50,6 +50,7 @@ const CALLER_VARS: [&str; 15] = [
     "KOSLI_HTTP_PROXY",
     "KOSLI_MAX_API_RETRIES",
     "KOSLI_CA_BUNDLE",
+    "KOSLI_LOG_FORMAT",
     "KUBECONFIG",
 ];
 

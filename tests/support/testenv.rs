@@ -41,9 +41,9 @@ pub fn var(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| {
         panic!(
             "{name} is not set: these tests need the test environment (kube-apiserver, \
-             registries, helm, kubectl, kubernetes-validate); run them through ./hack/test.sh \
-             or hack/testenv/with-testenv.sh, which install and start it and export \
-             TESTENV_*, HELM, KUBECTL and KUBERNETES_VALIDATE"
+             registries, helm, kubectl, kubernetes-validate, promtool); run them through \
+             ./hack/test.sh or hack/testenv/with-testenv.sh, which install and start it and \
+             export TESTENV_*, HELM, KUBECTL, KUBERNETES_VALIDATE and PROMTOOL"
         )
     })
 }

@@ -893,3 +893,66 @@ fn a_frozen_view_holds_a_changed_snapshot_too() {
     assert!(h.step(Input::Built(None)).is_empty());
     assert_eq!(h.condition("Stale").0, "True");
 }
+
+#[test]
+fn a_report_carries_its_first_change_until_kosli_accepts_it() {
+    let mut h = Harness::new();
+    h.first_report("a");
+    assert_eq!(h.machine.unreported_since(), None, "reported");
+
+    // A burst: its first change is what the report carries.
+    h.advance(Duration::from_secs(10));
+    let first = h.at();
+    h.step(Input::Changed);
+    assert_eq!(h.tick_at_wake(), vec![Effect::Build]);
+    h.report("b");
+    h.advance(Duration::from_millis(200));
+    let burst = h.at();
+    h.step(Input::Changed);
+    h.advance(Duration::from_millis(500));
+    h.step(Input::Changed);
+    assert_eq!(h.wake_and_build("c"), vec![send()]);
+    assert_eq!(h.machine.unreported_since(), Some(burst));
+    assert!(burst > first);
+
+    // Kosli fails: the retry carries the same first change, and changes
+    // that came meanwhile do not move it.
+    h.sent(Err(transient("HTTP 503", None)));
+    assert_eq!(h.machine.unreported_since(), Some(burst));
+    h.step(Input::Changed);
+    assert_eq!(
+        h.wake_and_build("d"),
+        vec![Effect::WriteStatus],
+        "the retry is not due yet"
+    );
+    assert_eq!(h.machine.unreported_since(), Some(burst));
+    assert_eq!(h.wake_and_build("d"), vec![send()], "the retry");
+    assert_eq!(h.machine.unreported_since(), Some(burst));
+    h.sent(Ok(()));
+    assert_eq!(h.machine.unreported_since(), None, "accepted");
+}
+
+#[test]
+fn changes_kosli_already_holds_and_heartbeats_carry_none() {
+    let mut h = Harness::new();
+    h.first_report("a");
+    // Changes that cancel out: the snapshot is what Kosli holds.
+    h.advance(Duration::from_secs(10));
+    assert_eq!(h.change_and_build("a"), vec![Effect::WriteStatus]);
+    assert_eq!(h.machine.unreported_since(), None);
+    // The heartbeat sends the same snapshot: no change is carried.
+    assert_eq!(h.wake_and_build("a"), vec![send()]);
+    assert_eq!(h.machine.unreported_since(), None);
+}
+
+#[test]
+fn a_lost_term_leaves_its_changes_to_the_next_leader() {
+    let mut h = Harness::new();
+    h.first_report("a");
+    h.advance(Duration::from_secs(10));
+    h.step(Input::Changed);
+    assert_eq!(h.wake_and_build("b"), vec![send()]);
+    assert!(h.machine.unreported_since().is_some());
+    h.step(Input::Leadership(false));
+    assert_eq!(h.machine.unreported_since(), None);
+}
