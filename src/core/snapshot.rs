@@ -50,54 +50,33 @@ pub struct Snapshot {
     pub warnings: Vec<String>,
 }
 
-/// Builds the report of the given pods, which the caller has already selected.
+/// Builds the report of the given pods, which the caller has already selected,
+/// body held whole (the one-shot `snapshot`; the reporter streams its body with
+/// [`pieces`]). Pods already in (namespace, name) order are not sorted again.
 pub fn build<'a>(
     pods: impl IntoIterator<Item = &'a PodRecord>,
     options: ContainerOptions,
 ) -> Snapshot {
-    assemble(pods, options, 0)
+    in_order(pods, |pods| assemble_into(pods, options, true))
 }
 
-/// As [`build`], with room for `expected_bytes` of body reserved up front (the
-/// size of the previous report): a large body is then written without being
-/// copied as it grows. Pods already in (namespace, name) order, as the
-/// reporter's store keeps them, are not sorted again.
-pub fn assemble<'a>(
-    pods: impl IntoIterator<Item = &'a PodRecord>,
-    options: ContainerOptions,
-    expected_bytes: usize,
-) -> Snapshot {
-    in_order(pods, |pods| {
-        assemble_into(pods, options, Some(expected_bytes))
-    })
-}
-
-/// As [`assemble`] without writing the body (`body` is empty): what the
+/// As [`build`] without writing the body (`body` is empty): what the
 /// report would contain and its content hash, to decide whether to send it
 /// before paying for a body that may never be sent.
 pub fn summarise<'a>(
     pods: impl IntoIterator<Item = &'a PodRecord>,
     options: ContainerOptions,
 ) -> Snapshot {
-    in_order(pods, |pods| assemble_into(pods, options, None))
+    in_order(pods, |pods| assemble_into(pods, options, false))
 }
 
-/// As [`assemble`], for pods the caller yields in (namespace, name) order,
+/// As [`summarise`], for pods the caller yields in (namespace, name) order,
 /// as the reporter's store does: one pass, nothing collected or sorted.
-pub fn assemble_ordered<'a>(
-    pods: impl IntoIterator<Item = &'a PodRecord>,
-    options: ContainerOptions,
-    expected_bytes: usize,
-) -> Snapshot {
-    assemble_into(pods.into_iter(), options, Some(expected_bytes))
-}
-
-/// As [`summarise`], for pods in (namespace, name) order.
 pub fn summarise_ordered<'a>(
     pods: impl IntoIterator<Item = &'a PodRecord>,
     options: ContainerOptions,
 ) -> Snapshot {
-    assemble_into(pods.into_iter(), options, None)
+    assemble_into(pods.into_iter(), options, false)
 }
 
 /// Runs `then` over `pods` in (namespace, name) order.
@@ -116,10 +95,10 @@ fn in_order<'a>(
 fn assemble_into<'a>(
     pods: impl Iterator<Item = &'a PodRecord>,
     options: ContainerOptions,
-    body_bytes: Option<usize>,
+    write_body: bool,
 ) -> Snapshot {
-    let mut body = Vec::with_capacity(body_bytes.map_or(0, |n| n.max(64)));
-    if body_bytes.is_some() {
+    let mut body = Vec::new();
+    if write_body {
         body.extend_from_slice(BODY_START);
     }
     let mut body_len = BODY_START.len() + BODY_END.len();
@@ -172,7 +151,7 @@ fn assemble_into<'a>(
         last_counted = shared;
         pod_count += 1;
         body_len += entry_len(pod, digests, pod_count == 1);
-        if body_bytes.is_some() {
+        if write_body {
             write_entry(&mut body, pod, digests, pod_count == 1);
         }
         // Fixed lengths or lengths first, so that no two entries hash alike:
@@ -203,7 +182,7 @@ fn assemble_into<'a>(
         last_namespace = Some(&pod.namespace);
         last_parts = Some(parts);
     }
-    if body_bytes.is_some() {
+    if write_body {
         body.extend_from_slice(BODY_END);
     }
 
@@ -233,7 +212,7 @@ pub const PIECE_LEN: usize = 128 * 1024;
 
 /// A report's body, piece by piece, from pods in (namespace, name) order: each
 /// piece at least `piece_len` bytes (the last may be shorter), together the
-/// bytes [`assemble_ordered`] writes and as many as a summary's `body_len`.
+/// bytes [`build`] writes and as many as a summary's `body_len`.
 /// A body of tens of megabytes is then never held whole, and each piece is
 /// written into memory the allocator has just had back, not into fresh pages.
 pub fn pieces<'a, I>(pods: I, options: ContainerOptions, piece_len: usize) -> Pieces<I>
