@@ -135,8 +135,10 @@ impl Compliance {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Input {
     /// Something the environment may select changed (a pod, namespace labels, a
-    /// completed list).
-    Changed,
+    /// completed list). `since`: when the first change not yet told came in,
+    /// which is earlier than now when the worker was busy (a send) meanwhile;
+    /// the batch's `max_debounce` counts from then, not from when it was told.
+    Changed { since: Instant },
     /// The spec changed.
     Spec(Spec),
     /// This process gained or lost leadership.
@@ -294,14 +296,19 @@ impl Machine {
     /// Takes one input; returns the effects to perform, in order.
     pub fn step(&mut self, input: Input, now: Moment) -> Vec<Effect> {
         match input {
-            Input::Changed => {
+            Input::Changed { since } => {
                 if self.leading {
+                    // A change that came in before the last attempt began is
+                    // in the view that attempt built: its batch starts there.
+                    let first = since
+                        .min(now.at)
+                        .max(self.last_attempt.unwrap_or(since).min(now.at));
                     let pending = match self.pending {
                         Some(p) => Pending { last: now.at, ..p },
                         None => Pending {
-                            first: now.at,
+                            first,
                             last: now.at,
-                            leading_edge: self.quiet_since_last_attempt(now.at),
+                            leading_edge: self.quiet_since_last_attempt(first),
                         },
                     };
                     self.pending = Some(pending);

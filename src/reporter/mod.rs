@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use kube::{Client, ResourceExt};
-use tokio::sync::{Notify, watch};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -47,6 +47,9 @@ pub struct ReporterOptions {
     pub dry_run: bool,
     /// Pods are watched only in these namespaces (`None`: cluster-wide).
     pub watch_namespaces: Option<Vec<String>>,
+    /// Whether KosliEnvironment objects exist to take a status; not for
+    /// environments read from a file.
+    pub write_status: bool,
     /// Only KosliEnvironments with matching labels are handled.
     pub environment_selector: Option<String>,
     /// Backoff between report attempts after Kosli failed (on top of the
@@ -70,6 +73,7 @@ impl Default for ReporterOptions {
             max_debounce: Duration::from_secs(2),
             dry_run: false,
             watch_namespaces: None,
+            write_status: true,
             environment_selector: None,
             retry: RetryPolicy {
                 max_retries: u32::MAX,
@@ -138,7 +142,7 @@ pub struct Wiring {
 
 /// A running worker.
 struct WorkerHandle {
-    notify: Arc<Notify>,
+    wake: Arc<worker::Wake>,
     spec: watch::Sender<Arc<IndexedEnvironment>>,
     cancel: CancellationToken,
 }
@@ -217,7 +221,7 @@ impl Reporter {
 
     fn notify_all(&self) {
         for worker in self.workers().values() {
-            worker.notify.notify_one();
+            worker.wake.changed();
         }
     }
 
@@ -266,7 +270,7 @@ impl WatchListener for Reporter {
                 })
             });
             if touched && let Some(worker) = workers.get(&env.object) {
-                worker.notify.notify_one();
+                worker.wake.changed();
             }
         }
     }
@@ -280,7 +284,7 @@ impl WatchListener for Reporter {
                 .as_ref()
                 .is_ok_and(|s| s.needs_namespace_labels());
             if by_label && let Some(worker) = workers.get(&env.object) {
-                worker.notify.notify_one();
+                worker.wake.changed();
             }
         }
     }
@@ -307,13 +311,13 @@ impl WatchListener for Reporter {
             Applied::Added(entry) => {
                 let name = entry.object.clone();
                 let (spec, spec_rx) = watch::channel(entry);
-                let notify = Arc::new(Notify::new());
+                let wake = Arc::new(worker::Wake::default());
                 let cancel = self.shutdown.child_token();
                 let worker = worker::Worker::new(
                     self.shared.clone(),
                     name.clone(),
                     spec_rx,
-                    notify.clone(),
+                    wake.clone(),
                     self.leadership.clone(),
                     cancel.clone(),
                 );
@@ -327,15 +331,9 @@ impl WatchListener for Reporter {
                     while tasks.try_join_next().is_some() {}
                     tasks.spawn(worker.run());
                 }
-                notify.notify_one();
-                self.workers().insert(
-                    name,
-                    WorkerHandle {
-                        notify,
-                        spec,
-                        cancel,
-                    },
-                );
+                wake.changed();
+                self.workers()
+                    .insert(name, WorkerHandle { wake, spec, cancel });
             }
         }
         self.settle_ownership();

@@ -3,7 +3,7 @@
 //! status). Every decision is the machine's; this file only does I/O.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -62,12 +62,41 @@ impl WriteFence for ReportFence<'_> {
     }
 }
 
+/// Wakes a worker when something it may select changed, and remembers when
+/// the first change it has not yet been told of came in: while the worker is
+/// busy sending, changes wait here, and their batch is due by when they came.
+#[derive(Default)]
+pub(super) struct Wake {
+    notify: Notify,
+    since: Mutex<Option<Instant>>,
+}
+
+impl Wake {
+    pub(super) fn changed(&self) {
+        self.since
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_or_insert_with(Instant::now);
+        self.notify.notify_one();
+    }
+
+    /// Waits for a change; returns when the first one untold came in.
+    async fn notified(&self) -> Instant {
+        self.notify.notified().await;
+        self.since
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+            .unwrap_or_else(Instant::now)
+    }
+}
+
 pub(super) struct Worker {
     shared: Arc<Shared>,
     /// The KosliEnvironment object's name.
     name: String,
     spec: watch::Receiver<Arc<IndexedEnvironment>>,
-    notify: Arc<Notify>,
+    wake: Arc<Wake>,
     leadership: Leadership,
     /// Wakes the worker when leadership is gained or given up.
     leader: watch::Receiver<bool>,
@@ -145,7 +174,7 @@ impl Worker {
         shared: Arc<Shared>,
         name: String,
         spec: watch::Receiver<Arc<IndexedEnvironment>>,
-        notify: Arc<Notify>,
+        wake: Arc<Wake>,
         leadership: Leadership,
         cancel: CancellationToken,
     ) -> Self {
@@ -168,7 +197,7 @@ impl Worker {
             shared,
             name,
             spec,
-            notify,
+            wake,
             leadership,
             leader,
             believed_leading: leading,
@@ -210,7 +239,7 @@ impl Worker {
                     self.spec_changed(&env);
                     Some(Input::Spec(machine_spec(&env)))
                 }
-                () = self.notify.notified() => Some(Input::Changed),
+                since = self.wake.notified() => Some(Input::Changed { since }),
                 () = super::token_changed(&mut self.token_changes) => Some(Input::CredentialsChanged),
                 () = tokio::time::sleep_until(wake_at.into()) => Some(Input::Tick),
             };
@@ -479,6 +508,11 @@ impl Worker {
                 .iter()
                 .map(|c| (c.type_.as_str(), c.status.as_str())),
         );
+        if !self.shared.options.write_status {
+            // Read from a file: the metrics above and the log are all there is.
+            self.machine.status_written(status);
+            return;
+        }
         let api: Api<KosliEnvironment> = Api::all(self.shared.client.clone());
         // Server-side apply: fields this manager wrote before and leaves out now
         // (a cleared lastKosliError) are removed, which a merge patch would not do.

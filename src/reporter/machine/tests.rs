@@ -137,9 +137,15 @@ impl Harness {
         self.machine.step(input, now)
     }
 
+    /// A change that came in just now.
+    fn changed(&mut self) -> Vec<Effect> {
+        let since = self.at();
+        self.step(Input::Changed { since })
+    }
+
     /// A change, the debounce, and a build of `hash`: what the build leads to.
     fn change_and_build(&mut self, hash: &str) -> Vec<Effect> {
-        self.step(Input::Changed);
+        self.changed();
         self.wake_and_build(hash)
     }
 
@@ -167,7 +173,7 @@ impl Harness {
 
     /// The first report after start: a change, the debounce, a report.
     fn first_report(&mut self, hash: &str) {
-        self.step(Input::Changed);
+        self.changed();
         assert_eq!(self.tick_at_wake(), vec![Effect::Build]);
         self.report(hash);
     }
@@ -184,13 +190,13 @@ impl Harness {
 fn a_change_after_a_quiet_period_is_reported_at_once() {
     let mut h = Harness::new();
     assert_eq!(h.machine.next_wake(), None, "nothing to do until an input");
-    assert!(h.step(Input::Changed).is_empty());
+    assert!(h.changed().is_empty());
     assert_eq!(h.machine.next_wake(), Some(h.at()), "the leading edge");
     assert_eq!(h.step(Input::Tick), vec![Effect::Build]);
     h.report("a");
     // Quiet for longer than the debounce: the next change goes at once too.
     h.advance(DEBOUNCE);
-    h.step(Input::Changed);
+    h.changed();
     assert_eq!(h.machine.next_wake(), Some(h.at()));
     assert_eq!(h.step(Input::Tick), vec![Effect::Build]);
     assert_eq!(
@@ -205,7 +211,7 @@ fn changes_right_after_a_report_wait_for_the_debounce() {
     let mut h = Harness::new();
     h.first_report("a");
     h.advance(Duration::from_millis(300));
-    assert!(h.step(Input::Changed).is_empty());
+    assert!(h.changed().is_empty());
     assert_eq!(
         h.machine.next_wake(),
         Some(h.at() + DEBOUNCE),
@@ -224,9 +230,9 @@ fn changes_right_after_a_report_wait_for_the_debounce() {
 fn each_change_of_a_burst_restarts_the_quiet_time() {
     let mut h = Harness::new();
     h.first_report("a");
-    h.step(Input::Changed);
+    h.changed();
     h.advance(Duration::from_millis(800));
-    h.step(Input::Changed);
+    h.changed();
     assert_eq!(h.machine.next_wake(), Some(h.at() + DEBOUNCE));
 }
 
@@ -234,13 +240,13 @@ fn each_change_of_a_burst_restarts_the_quiet_time() {
 fn a_burst_is_reported_at_its_start_and_then_by_max_debounce() {
     let mut h = Harness::new();
     // The burst's first change goes at once.
-    h.step(Input::Changed);
+    h.changed();
     assert_eq!(h.tick_at_wake(), vec![Effect::Build]);
     h.report("a");
     let first = h.at();
     // A change every 400 ms for 9.6 s: the quiet time never comes.
     for _ in 0..24 {
-        h.step(Input::Changed);
+        h.changed();
         h.advance(Duration::from_millis(400));
     }
     assert_eq!(h.machine.next_wake(), Some(first + MAX_DEBOUNCE));
@@ -248,11 +254,92 @@ fn a_burst_is_reported_at_its_start_and_then_by_max_debounce() {
 }
 
 #[test]
+fn changes_that_came_in_during_a_send_are_due_by_when_they_came() {
+    let mut h = Harness::new();
+    h.first_report("a");
+    // The next report is attempted, built and sent; the send takes 4 s, and
+    // a change comes in 500 ms into it.
+    h.advance(DEBOUNCE);
+    h.changed();
+    assert_eq!(h.tick_at_wake(), vec![Effect::Build]);
+    assert_eq!(h.step(Input::Built(Some(summary("b")))), vec![send()]);
+    let came_in = h.at() + Duration::from_millis(500);
+    h.advance(Duration::from_secs(4));
+    h.sent(Ok(()));
+    h.step(Input::Compliance(None));
+    // Told only now, with changes still coming: the batch is due
+    // `max_debounce` after the change came in, not after it was told.
+    h.step(Input::Changed { since: came_in });
+    h.advance(Duration::from_millis(200));
+    h.changed();
+    assert_eq!(
+        h.machine.next_wake(),
+        Some((h.at() + DEBOUNCE).min(came_in + MAX_DEBOUNCE))
+    );
+    let mut h = Harness::with(
+        Timing {
+            max_debounce: Duration::from_secs(2),
+            ..timing()
+        },
+        spec(),
+    );
+    h.first_report("a");
+    h.advance(DEBOUNCE);
+    h.changed();
+    assert_eq!(h.tick_at_wake(), vec![Effect::Build]);
+    assert_eq!(h.step(Input::Built(Some(summary("b")))), vec![send()]);
+    let came_in = h.at() + Duration::from_millis(500);
+    h.advance(Duration::from_secs(4));
+    h.sent(Ok(()));
+    h.step(Input::Compliance(None));
+    h.step(Input::Changed { since: came_in });
+    assert_eq!(
+        h.machine.next_wake(),
+        Some(came_in + Duration::from_secs(2)),
+        "a send longer than max_debounce: the next one is due already"
+    );
+    assert_eq!(h.step(Input::Tick), vec![Effect::Build]);
+    assert_eq!(
+        h.machine.unreported_since(),
+        Some(came_in),
+        "the change-to-report latency counts from when it came in"
+    );
+}
+
+#[test]
+fn a_change_told_after_an_attempt_that_saw_it_counts_from_that_attempt() {
+    let mut h = Harness::new();
+    h.first_report("a");
+    // A change comes in; before the worker is told of it, an attempt for an
+    // earlier change builds a view that already holds it.
+    h.advance(DEBOUNCE);
+    let came_in = h.at();
+    h.advance(Duration::from_millis(100));
+    h.changed();
+    let attempted = h.at();
+    assert_eq!(h.tick_at_wake(), vec![Effect::Build]);
+    h.report("b");
+    h.advance(Duration::from_millis(300));
+    h.step(Input::Changed { since: came_in });
+    assert_eq!(
+        h.machine.next_wake(),
+        Some(h.at() + DEBOUNCE),
+        "within the debounce of that attempt: batched, not a leading edge"
+    );
+    assert_eq!(h.tick_at_wake(), vec![Effect::Build]);
+    assert_eq!(
+        h.machine.unreported_since(),
+        Some(attempted),
+        "not from before the report that carried it"
+    );
+}
+
+#[test]
 fn an_unchanged_snapshot_is_not_sent_until_the_heartbeat() {
     let mut h = Harness::new();
     h.first_report("a");
     let sent_at = h.at();
-    h.step(Input::Changed);
+    h.changed();
     assert_eq!(h.tick_at_wake(), vec![Effect::Build]);
     assert_eq!(
         h.step(Input::Built(Some(summary("a")))),
@@ -278,7 +365,7 @@ fn a_changed_snapshot_is_sent() {
 #[test]
 fn nothing_is_sent_from_an_incomplete_view() {
     let mut h = Harness::new();
-    h.step(Input::Changed);
+    h.changed();
     assert_eq!(h.tick_at_wake(), vec![Effect::Build]);
     assert!(h.step(Input::Built(None)).is_empty());
     assert_eq!(h.machine.next_wake(), None, "waits for the list to finish");
@@ -309,7 +396,7 @@ fn a_change_during_backoff_does_not_send_early() {
     let mut h = Harness::new();
     h.change_and_build("a");
     h.sent(Err(transient("HTTP 503", None)));
-    h.step(Input::Changed);
+    h.changed();
     assert_eq!(h.tick_at_wake(), vec![Effect::Build]);
     assert_eq!(
         h.step(Input::Built(Some(summary("b")))),
@@ -366,7 +453,7 @@ fn a_pod_change_after_a_permanent_failure_tries_again_within_seconds() {
     let failed_at = h.at();
     h.sent(Err(permanent("KosliRejectedReport", 400)));
     h.advance(Duration::from_secs(1));
-    h.step(Input::Changed);
+    h.changed();
     assert_eq!(
         h.machine.next_wake(),
         Some(failed_at + PERMANENT_RETRY),
@@ -378,7 +465,7 @@ fn a_pod_change_after_a_permanent_failure_tries_again_within_seconds() {
     // leading edge).
     h.sent(Err(permanent("KosliRejectedReport", 400)));
     h.advance(Duration::from_secs(60));
-    h.step(Input::Changed);
+    h.changed();
     assert_eq!(h.machine.next_wake(), Some(h.at()));
     assert_eq!(h.tick_at_wake(), vec![Effect::Build]);
 }
@@ -394,14 +481,14 @@ fn repeated_rejections_back_off_exponentially_up_to_the_hold() {
         let failed_at = h.at();
         h.sent(Err(permanent("KosliRejectedReport", 400)));
         // Pod churn: a change right away and every second after.
-        h.step(Input::Changed);
+        h.changed();
         loop {
             let wake = h.machine.next_wake().unwrap();
             if wake <= h.at() + Duration::from_secs(1) {
                 break;
             }
             h.advance(Duration::from_secs(1));
-            h.step(Input::Changed);
+            h.changed();
         }
         assert_eq!(h.tick_at_wake(), vec![Effect::Build]);
         waits.push((h.at() - failed_at).as_secs());
@@ -414,7 +501,7 @@ fn repeated_rejections_back_off_exponentially_up_to_the_hold() {
     h.change_and_build("b");
     let failed_at = h.at();
     h.sent(Err(permanent("KosliRejectedReport", 400)));
-    h.step(Input::Changed);
+    h.changed();
     assert_eq!(h.machine.next_wake(), Some(failed_at + PERMANENT_RETRY));
 }
 
@@ -479,7 +566,7 @@ fn owned_by(owner: &str) -> Spec {
 #[test]
 fn a_shadowed_environment_is_degraded_naming_its_owner_and_never_built() {
     let mut h = Harness::with(timing(), owned_by("shop-a"));
-    h.step(Input::Changed);
+    h.changed();
     let effects = h.tick_at_wake();
     let message = "Kosli environment prod is reported by KosliEnvironment shop-a, the oldest naming it; \
                    this one is not reported while shop-a exists";
@@ -500,7 +587,7 @@ fn a_shadowed_environment_is_degraded_naming_its_owner_and_never_built() {
     );
     assert_eq!(h.condition("Ready").0, "False");
     // Later changes: no Build, no second Event, no timers.
-    h.step(Input::Changed);
+    h.changed();
     assert_eq!(h.tick_at_wake(), vec![Effect::WriteStatus]);
     assert_eq!(h.machine.next_wake(), None);
     assert_eq!(h.step(Input::Leadership(true)), vec![Effect::WriteStatus]);
@@ -509,7 +596,7 @@ fn a_shadowed_environment_is_degraded_naming_its_owner_and_never_built() {
 #[test]
 fn an_environment_that_becomes_the_owner_reports_at_once() {
     let mut h = Harness::with(timing(), owned_by("shop-a"));
-    h.step(Input::Changed);
+    h.changed();
     h.tick_at_wake();
     h.advance(Duration::from_secs(30));
     let effects = h.step(Input::Spec(spec()));
@@ -560,7 +647,7 @@ fn nothing_is_done_while_ownership_is_unsettled() {
         ..spec()
     };
     let mut h = Harness::with(timing(), unsettled);
-    h.step(Input::Changed);
+    h.changed();
     assert!(h.tick_at_wake().is_empty());
     assert_eq!(h.machine.next_wake(), None);
     assert_eq!(h.step(Input::Spec(spec())), vec![Effect::Build]);
@@ -588,7 +675,7 @@ fn an_invalid_spec_is_degraded_and_recorded_once_per_message() {
         ..spec()
     };
     let mut h = Harness::with(timing(), invalid("spec.namespacesRegex: bad"));
-    h.step(Input::Changed);
+    h.changed();
     let effects = h.tick_at_wake();
     assert_eq!(
         effects,
@@ -730,7 +817,7 @@ fn a_standby_does_nothing_and_a_new_leader_reports_afresh() {
     let mut h = Harness::with(timing(), spec());
     h.first_report("a");
     assert!(h.step(Input::Leadership(false)).is_empty());
-    assert!(h.step(Input::Changed).is_empty());
+    assert!(h.changed().is_empty());
     assert_eq!(h.machine.next_wake(), None, "a standby has no timers");
     assert!(h.step(Input::Tick).is_empty());
     assert_eq!(h.step(Input::Leadership(true)), vec![Effect::Build]);
@@ -750,7 +837,7 @@ fn auto_create_ensures_the_environment_until_it_is_known() {
             ..spec()
         },
     );
-    h.step(Input::Changed);
+    h.changed();
     h.tick_at_wake();
     assert_eq!(
         h.step(Input::Built(Some(summary("a")))),
@@ -836,7 +923,7 @@ fn a_frozen_view_is_never_heartbeaten_and_shows_stale() {
     // The watch has failed past the bound: the worker wakes the machine, whose
     // build finds the view stale.
     h.advance(Duration::from_secs(100));
-    h.step(Input::Changed);
+    h.changed();
     assert_eq!(h.tick_at_wake(), vec![Effect::Build]);
     let effects = h.step(stale_view(&h));
     assert_eq!(events(&effects), vec![(EventType::Warning, "ViewStale")]);
@@ -871,7 +958,7 @@ fn a_frozen_view_is_never_heartbeaten_and_shows_stale() {
     // The watch lists again: the fresh view is reported at once (the heartbeat
     // is long due), even with the same hash, and the status is current again.
     h.advance(Duration::from_secs(30));
-    h.step(Input::Changed);
+    h.changed();
     assert_eq!(h.wake_and_build("a"), vec![send()]);
     h.sent(Ok(()));
     assert_eq!(h.condition("Stale"), ("False".into(), "Fresh".into()));
@@ -883,12 +970,12 @@ fn a_frozen_view_holds_a_changed_snapshot_too() {
     let mut h = Harness::new();
     h.first_report("a");
     h.advance(Duration::from_secs(5));
-    h.step(Input::Changed);
+    h.changed();
     assert_eq!(h.tick_at_wake(), vec![Effect::Build]);
     let effects = h.step(stale_view(&h));
     assert!(!effects.iter().any(|e| matches!(e, Effect::Send { .. })));
     // While stale, an incomplete re-list answers Built(None): still stale.
-    h.step(Input::Changed);
+    h.changed();
     assert_eq!(h.tick_at_wake(), vec![Effect::Build]);
     assert!(h.step(Input::Built(None)).is_empty());
     assert_eq!(h.condition("Stale").0, "True");
@@ -903,14 +990,14 @@ fn a_report_carries_its_first_change_until_kosli_accepts_it() {
     // A burst: its first change is what the report carries.
     h.advance(Duration::from_secs(10));
     let first = h.at();
-    h.step(Input::Changed);
+    h.changed();
     assert_eq!(h.tick_at_wake(), vec![Effect::Build]);
     h.report("b");
     h.advance(Duration::from_millis(200));
     let burst = h.at();
-    h.step(Input::Changed);
+    h.changed();
     h.advance(Duration::from_millis(500));
-    h.step(Input::Changed);
+    h.changed();
     assert_eq!(h.wake_and_build("c"), vec![send()]);
     assert_eq!(h.machine.unreported_since(), Some(burst));
     assert!(burst > first);
@@ -919,7 +1006,7 @@ fn a_report_carries_its_first_change_until_kosli_accepts_it() {
     // that came meanwhile do not move it.
     h.sent(Err(transient("HTTP 503", None)));
     assert_eq!(h.machine.unreported_since(), Some(burst));
-    h.step(Input::Changed);
+    h.changed();
     assert_eq!(
         h.wake_and_build("d"),
         vec![Effect::WriteStatus],
@@ -950,7 +1037,7 @@ fn a_lost_term_leaves_its_changes_to_the_next_leader() {
     let mut h = Harness::new();
     h.first_report("a");
     h.advance(Duration::from_secs(10));
-    h.step(Input::Changed);
+    h.changed();
     assert_eq!(h.wake_and_build("b"), vec![send()]);
     assert!(h.machine.unreported_since().is_some());
     h.step(Input::Leadership(false));
