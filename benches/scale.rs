@@ -713,6 +713,81 @@ struct ArtifactRef<'a> {
     digests: BTreeMap<&'a str, &'a str>,
 }
 
+/// When a watch of the bench's own first saw each expected change: the
+/// API server delivers it to the operator's watch at about the same time, so
+/// a change's latency splits into the API server's delivery (patch to seen)
+/// and the operator's own (seen to Kosli).
+struct Sightings {
+    seen: Arc<Mutex<HashMap<(String, String), Instant>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Sightings {
+    /// Starts watching every pod from now; `expected`: (namespace, name) ->
+    /// the digest hex its status will carry.
+    async fn start(client: &Client, expected: HashMap<(String, String), String>) -> Self {
+        let api = Api::<Pod>::all(client.clone());
+        let version = api
+            .list_metadata(&kube::api::ListParams::default().limit(1))
+            .await
+            .unwrap()
+            .metadata
+            .resource_version
+            .unwrap();
+        let stream = api
+            .watch(&kube::api::WatchParams::default().timeout(290), &version)
+            .await
+            .unwrap();
+        let seen = Arc::new(Mutex::new(HashMap::new()));
+        let recorded = seen.clone();
+        let task = tokio::spawn(async move {
+            let mut stream = std::pin::pin!(stream);
+            while let Some(Ok(event)) = stream.next().await {
+                let kube::api::WatchEvent::Modified(pod) = event else {
+                    continue;
+                };
+                let at = Instant::now();
+                let key = (
+                    pod.metadata.namespace.clone().unwrap_or_default(),
+                    pod.metadata.name.clone().unwrap_or_default(),
+                );
+                let Some(hex) = expected.get(&key) else {
+                    continue;
+                };
+                let carries = pod
+                    .status
+                    .iter()
+                    .flat_map(|s| s.container_statuses.iter().flatten())
+                    .any(|c| c.image_id.contains(hex.as_str()));
+                if carries {
+                    recorded.lock().unwrap().entry(key).or_insert(at);
+                }
+            }
+        });
+        Self { seen, task }
+    }
+
+    /// Per settled change: (patch to seen, seen to Kosli); changes the watch
+    /// did not see are left out.
+    fn split(
+        self,
+        arrivals: &[(String, String, Instant, Instant)],
+    ) -> (Vec<Duration>, Vec<Duration>) {
+        self.task.abort();
+        let seen = self.seen.lock().unwrap();
+        let (mut delivery, mut own) = (Vec::new(), Vec::new());
+        for (namespace, name, patched, arrived) in arrivals {
+            if let Some(at) = seen.get(&(namespace.clone(), name.clone())) {
+                delivery.push(at.saturating_duration_since(*patched));
+                own.push(arrived.saturating_duration_since(*at));
+            }
+        }
+        delivery.sort();
+        own.sort();
+        (delivery, own)
+    }
+}
+
 /// A pod whose status was patched to a new digest, waiting for a PUT with it.
 struct Change {
     namespace: String,
@@ -725,6 +800,8 @@ struct Change {
 #[derive(Clone)]
 struct Put {
     env: String,
+    /// When its head reached the fake (`at`: when its whole body had).
+    began: Instant,
     at: Instant,
     artifacts: usize,
     bytes: usize,
@@ -740,6 +817,8 @@ struct Tracker {
     pending: HashMap<String, HashMap<String, (String, Instant)>>,
     pending_count: usize,
     latencies: Vec<Duration>,
+    /// (namespace, name, patched, arrived at the fake) of each settled change.
+    arrivals: Vec<(String, String, Instant, Instant)>,
     /// How long the fake took to validate and store each report.
     handling: Vec<Duration>,
 }
@@ -752,6 +831,7 @@ impl Tracker {
             pending: HashMap::new(),
             pending_count: 0,
             latencies: Vec::new(),
+            arrivals: Vec::new(),
             handling: Vec::new(),
         }
     }
@@ -770,14 +850,17 @@ impl Tracker {
     /// Takes what the fake recorded so far (so 60 MB bodies do not pile up
     /// there) and settles the changes the new PUTs carry.
     fn poll(&mut self, fake: &FakeKosli) {
-        let (requests, landed) = {
+        let (requests, landed, reports) = {
             let mut state = fake.state();
-            state.reports.clear();
             (
                 std::mem::take(&mut state.requests),
                 std::mem::take(&mut state.landed),
+                std::mem::take(&mut state.reports),
             )
         };
+        // Freeing parsed 80 MB reports takes a while: not while the fake,
+        // which stores the next one under this lock, waits for it.
+        drop(reports);
         self.handling
             .extend(landed.iter().map(|l| l.landed.duration_since(l.started)));
         let prefix = format!("/api/v2/environments/{ORG}/");
@@ -807,6 +890,12 @@ impl Tracker {
                         if a.digests.values().any(|d| d == hex) {
                             self.latencies
                                 .push(request.at.saturating_duration_since(*patched));
+                            self.arrivals.push((
+                                a.namespace.to_owned(),
+                                a.pod_name.to_owned(),
+                                *patched,
+                                request.at,
+                            ));
                             names.remove(a.pod_name);
                             self.pending_count -= 1;
                         }
@@ -816,6 +905,7 @@ impl Tracker {
             });
             self.puts.push(Put {
                 env: env.to_owned(),
+                began: request.began,
                 at: request.at,
                 artifacts,
                 bytes: request.body.len(),
@@ -1190,13 +1280,21 @@ async fn run(n: usize) -> String {
     // The operator, measured.
     fake.state().requests.clear();
     let r0 = pids.read(&api, None).await;
+    // SCALE_OPERATOR_RUST_LOG: the operator's log filter, for a diagnosis
+    // (SCALE_OPERATOR_LOG names a file its log is copied to after the rollout).
+    let log_filter = std::env::var("SCALE_OPERATOR_RUST_LOG").ok();
+    let op_env: Vec<(&str, &str)> = log_filter
+        .as_deref()
+        .map(|filter| ("RUST_LOG", filter))
+        .into_iter()
+        .collect();
     let mut op = Operator::start_default_pacing(
         &env.kubeconfig,
         &fake,
         &id,
         &format!("lease-{id}"),
         &[],
-        &[],
+        &op_env,
     );
     let started = Instant::now();
     let pid = op.pid();
@@ -1271,6 +1369,16 @@ async fn run(n: usize) -> String {
         .iter()
         .flat_map(|d| d * REPLICAS..(d + 1) * REPLICAS)
         .collect();
+    let expected = rollout_pods
+        .iter()
+        .map(|&i| {
+            let dep = Deployment::new(&fleet.id, i / REPLICAS);
+            let name = Fleet::pod_name(&dep, i);
+            ((dep.namespace, name), digest(1, i / REPLICAS))
+        })
+        .collect();
+    let sightings = Sightings::start(&client, expected).await;
+    tracker.arrivals.clear();
     let rollout_start = Instant::now();
     let changes: Vec<Change> = futures::stream::iter(rollout_pods.iter().copied())
         .map(|i| {
@@ -1285,11 +1393,30 @@ async fn run(n: usize) -> String {
         tracker.expect(change);
     }
     let rollout_unreported = tracker.settle(&fake, &op, ROLLOUT_LIMIT).await;
+    if let Ok(path) = std::env::var("SCALE_OPERATOR_LOG") {
+        std::fs::write(path, op.log()).unwrap();
+    }
     // Reports that trail the last change still belong to the rollout.
     tracker.idle(&fake, &op, Duration::from_secs(3)).await;
     let rollout_puts = tracker.count(Some(&main_env), rollout_start, None);
     let mut rolled = std::mem::take(&mut tracker.latencies);
     rolled.sort();
+    let (delivery, own) = sightings.split(&std::mem::take(&mut tracker.arrivals));
+    let uploads: Vec<String> = tracker
+        .puts
+        .iter()
+        .filter(|p| p.env == main_env && p.began >= rollout_start)
+        .map(|p| format!("{:.2}", p.at.duration_since(p.began).as_secs_f64()))
+        .collect();
+    progress!("rollout PUTs, upload seconds each: {}", uploads.join(" "));
+    progress!(
+        "rollout, {} changes seen by a watch: API server delivery p50 {} p99 {}; operator's own p50 {} p99 {}",
+        own.len(),
+        fmt_duration(percentile(&delivery, 50.0)),
+        fmt_duration(percentile(&delivery, 99.0)),
+        fmt_duration(percentile(&own, 50.0)),
+        fmt_duration(percentile(&own, 99.0))
+    );
     progress!(
         "rollout of {} pods (applied in {:.1} s): p99 {}, {rollout_puts} PUTs",
         rollout_pods.len(),
@@ -1535,12 +1662,17 @@ async fn run(n: usize) -> String {
     .unwrap();
     writeln!(
         out,
-        "| rollout of 1% ({} pods) p99 ≤ {} | {} (p50 {}, max {}) | {} | {rollout_puts} PUTs from the first patch until 3 s after the last change arrived{} |",
+        "| rollout of 1% ({} pods) p99 ≤ {} | {} (p50 {}, max {}) | {} | {rollout_puts} PUTs from the first patch until 3 s after the last change arrived; of the {} changes a watch of the bench's own saw, the API server's delivery (patch to watch event) p50 {} p99 {}, the operator's own (watch event to Kosli) p50 {} p99 {}{} |",
         rollout_pods.len(),
         fmt_duration(ROLLOUT_P99_BUDGET),
         fmt_duration(r_p99),
         fmt_duration(r_p50),
         fmt_duration(r_max),
+        own.len(),
+        fmt_duration(percentile(&delivery, 50.0)),
+        fmt_duration(percentile(&delivery, 99.0)),
+        fmt_duration(percentile(&own, 50.0)),
+        fmt_duration(percentile(&own, 99.0)),
         met(rollout_unreported == 0 && r_p99 <= ROLLOUT_P99_BUDGET),
         unreported(rollout_unreported)
     )

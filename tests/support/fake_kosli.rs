@@ -41,7 +41,10 @@ pub struct Recorded {
     pub path: String,
     pub query: Option<String>,
     pub headers: HeaderMap,
-    pub body: Vec<u8>,
+    /// Shared, not copied: a report body can be tens of megabytes.
+    pub body: Bytes,
+    /// When its head arrived (`at`: when its body had).
+    pub began: Instant,
     pub at: Instant,
     /// The first path segment before `/api`, if any: which client sent it.
     pub via: Option<String>,
@@ -319,11 +322,12 @@ async fn handle(
     state: Arc<Mutex<State>>,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
+    let began = Instant::now();
     let (parts, body) = req.into_parts();
     let body = body
         .collect()
         .await
-        .map(|b| b.to_bytes().to_vec())
+        .map(|b| b.to_bytes())
         .unwrap_or_default();
     let full_path = parts.uri.path();
     let (via, path) = match full_path.trim_start_matches('/').split_once('/') {
@@ -339,6 +343,7 @@ async fn handle(
         query: parts.uri.query().map(str::to_owned),
         headers: parts.headers.clone(),
         body,
+        began,
         at: Instant::now(),
         via,
     };
@@ -380,7 +385,13 @@ async fn handle(
             return Ok(response);
         }
     }
-    Ok(route(&state, &recorded))
+    // Parsing a report of tens of megabytes takes a while: off the runtime's
+    // workers, so that other connections (the next upload) keep moving.
+    Ok(
+        tokio::task::spawn_blocking(move || route(&state, &recorded))
+            .await
+            .expect("the fake Kosli's route panicked"),
+    )
 }
 
 fn route(state: &Arc<Mutex<State>>, req: &Recorded) -> Response<Full<Bytes>> {
@@ -389,6 +400,19 @@ fn route(state: &Arc<Mutex<State>>, req: &Recorded) -> Response<Full<Bytes>> {
         .get(hyper::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
     let segments: Vec<&str> = req.path.trim_start_matches('/').split('/').collect();
+    // A report is parsed and validated before the state is locked: what other
+    // requests and the tests read does not wait for it.
+    let report = (req.method == "PUT"
+        && matches!(
+            segments.as_slice(),
+            ["api", "v2", "environments", _, _, "report", "K8S"]
+        ))
+    .then(|| {
+        json_body(req).and_then(|body| match validate_k8s_report(&body) {
+            Ok(()) => Ok(body),
+            Err(errors) => Err(Box::new(validation_failed(errors))),
+        })
+    });
     let mut state = state.lock().expect("state");
     let accepted = state.token.as_deref().unwrap_or(TOKEN);
     if auth != Some(&format!("Bearer {accepted}")) {
@@ -442,13 +466,11 @@ fn route(state: &Arc<Mutex<State>>, req: &Recorded) -> Response<Full<Bytes>> {
             json_response(201, json!("OK"))
         }
         ("PUT", ["api", "v2", "environments", org, env, "report", "K8S"]) if *org == ORG => {
-            let body = match json_body(req) {
-                Ok(v) => v,
-                Err(r) => return *r,
+            let body = match report {
+                Some(Ok(v)) => v,
+                Some(Err(r)) => return *r,
+                None => unreachable!("a report is parsed above"),
             };
-            if let Err(errors) = validate_k8s_report(&body) {
-                return validation_failed(errors);
-            }
             match state.environments.get_mut(*env) {
                 None => message(
                     404,
