@@ -7,6 +7,7 @@
 //! keep that one.
 
 pub mod config_file;
+pub mod environments_file;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -407,6 +408,13 @@ pub struct RunArgs {
     /// so several operators can split a cluster's environments.
     #[arg(long)]
     pub environment_selector: Option<String>,
+
+    /// Report the KosliEnvironments in this file (manifests separated by
+    /// `---`) instead of watching them in the cluster: no cluster-wide rights
+    /// are needed with --watch-namespaces, and no status or Events are
+    /// written (the log and the metrics say what they would). Read at start.
+    #[arg(long, conflicts_with = "environment_selector")]
+    pub environments_file: Option<PathBuf>,
 
     /// Watch pods only in these namespaces (comma-separated) instead of cluster-wide;
     /// KosliEnvironments must then list their namespaces in spec.namespaces.

@@ -68,6 +68,11 @@ fn identity() -> String {
 async fn start(args: RunArgs) -> Result<()> {
     // One watch per scope: two into one store would clobber each other's lists.
     let scopes = args.watch_scopes()?;
+    let watch_namespaces: Option<Vec<String>> = scopes.iter().cloned().collect();
+    let fixed = match &args.environments_file {
+        Some(path) => Some(fixed_environments(path, watch_namespaces.as_deref())?),
+        None => None,
+    };
     let shutdown = CancellationToken::new();
     on_signals(shutdown.clone())?;
     let metrics = Arc::new(Metrics::new().map_err(Error::Metrics)?);
@@ -105,16 +110,21 @@ async fn start(args: RunArgs) -> Result<()> {
     };
     mirror_leadership(leadership.watch(), metrics.clone());
 
-    let watch_namespaces: Option<Vec<String>> = scopes.iter().cloned().collect();
     let options = ReporterOptions {
         debounce: args.debounce,
         max_debounce: args.max_debounce.max(args.debounce),
         dry_run: args.dry_run || args.kosli.token_asks_dry_run(),
         watch_namespaces,
         environment_selector: args.environment_selector.clone(),
+        write_status: fixed.is_none(),
         ..ReporterOptions::default()
     };
-    let events = EventPublisher::new(client.clone(), args.events_namespace.clone(), identity);
+    let events = if fixed.is_some() {
+        // No KosliEnvironment object for an Event to be about: logged instead.
+        EventPublisher::log_only()
+    } else {
+        EventPublisher::new(client.clone(), args.events_namespace.clone(), identity)
+    };
     let state = Arc::new(SharedState::new(ClusterState::new(scopes.clone())));
     let environments = Arc::new(EnvironmentIndex::new(options.watch_namespaces.clone()));
     let reporter = Arc::new(Reporter::new(
@@ -167,10 +177,23 @@ async fn start(args: RunArgs) -> Result<()> {
         stale_view_after: args.stale_view_after,
         label_keys: watch::channel(0).0,
     });
-    let mut tasks = vec![
-        tokio::spawn(crate::k8s::watches::watch_environments(watches.clone())),
-        tokio::spawn(crate::k8s::watches::watch_namespaces(watches.clone())),
-    ];
+    let mut tasks = Vec::new();
+    // Namespace labels are read cluster-wide: from a file of environments
+    // that select by none, an operator with namespaced rights needs none.
+    let by_namespace_labels = fixed
+        .as_ref()
+        .is_none_or(|envs| envs.iter().any(|e| e.spec.namespace_selector.is_some()));
+    if by_namespace_labels {
+        tasks.push(tokio::spawn(crate::k8s::watches::watch_namespaces(
+            watches.clone(),
+        )));
+    }
+    match fixed {
+        Some(envs) => crate::k8s::watches::fixed_environments(&watches, envs),
+        None => tasks.push(tokio::spawn(crate::k8s::watches::watch_environments(
+            watches.clone(),
+        ))),
+    }
     for scope in scopes {
         tasks.push(tokio::spawn(crate::k8s::watches::watch_pods(
             watches.clone(),
@@ -204,6 +227,28 @@ async fn start(args: RunArgs) -> Result<()> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The environments of `--environments-file`, each one servable: with no
+/// status to show an invalid spec later, it stops the start instead.
+fn fixed_environments(
+    path: &std::path::Path,
+    watch_namespaces: Option<&[String]>,
+) -> Result<Vec<crate::core::crd::KosliEnvironment>> {
+    let envs = crate::cli::environments_file::read(path)?;
+    for env in &envs {
+        let compiled =
+            crate::environments::IndexedEnvironment::compile(env.clone(), watch_namespaces);
+        if let Err(invalid) = &compiled.selection {
+            return Err(Error::Config(format!(
+                "--environments-file {}: KosliEnvironment {}: {}",
+                path.display(),
+                compiled.object,
+                invalid.message
+            )));
+        }
+    }
+    Ok(envs)
 }
 
 fn mirror_leadership(mut leader: watch::Receiver<bool>, metrics: Arc<Metrics>) {

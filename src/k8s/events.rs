@@ -32,7 +32,8 @@ impl EventType {
 
 #[derive(Clone)]
 pub struct EventPublisher {
-    client: Client,
+    /// `None`: Events are logged, not recorded.
+    client: Option<Client>,
     namespace: String,
     instance: String,
 }
@@ -40,9 +41,19 @@ pub struct EventPublisher {
 impl EventPublisher {
     pub fn new(client: Client, namespace: String, instance: String) -> Self {
         Self {
-            client,
+            client: Some(client),
             namespace,
             instance,
+        }
+    }
+
+    /// Logs each Event instead of recording it: for environments read from a
+    /// file, no object exists for an Event to be about.
+    pub fn log_only() -> Self {
+        Self {
+            client: None,
+            namespace: String::new(),
+            instance: String::new(),
         }
     }
 
@@ -55,6 +66,16 @@ impl EventPublisher {
         note: &str,
     ) -> Result<(), kube::Error> {
         let name = regarding.name.clone().unwrap_or_default();
+        let Some(client) = &self.client else {
+            let kind = regarding.kind.as_deref().unwrap_or_default();
+            match type_ {
+                EventType::Warning => {
+                    tracing::warn!(kind, name = %name, reason, "{note}");
+                }
+                EventType::Normal => tracing::info!(kind, name = %name, reason, "{note}"),
+            }
+            return Ok(());
+        };
         let event = Event {
             metadata: ObjectMeta {
                 generate_name: Some(format!("{name}-")),
@@ -72,7 +93,7 @@ impl EventPublisher {
             reporting_instance: Some(self.instance.chars().take(128).collect()),
             ..Event::default()
         };
-        Api::<Event>::namespaced(self.client.clone(), &self.namespace)
+        Api::<Event>::namespaced(client.clone(), &self.namespace)
             .create(&PostParams::default(), &event)
             .await
             .map(drop)

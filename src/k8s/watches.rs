@@ -396,6 +396,25 @@ fn publish_label_keys(ctx: &Watches, by_environment: &BTreeMap<String, LabelKeys
     });
 }
 
+/// Tells the listener of the KosliEnvironments of a file, once, as the
+/// first list of a watch would.
+pub fn fixed_environments(ctx: &Watches, envs: Vec<KosliEnvironment>) {
+    let keys: BTreeMap<String, LabelKeys> = envs
+        .iter()
+        .map(|env| (env.name_any(), pod_label_keys(env)))
+        .collect();
+    let present: BTreeSet<String> = keys.keys().cloned().collect();
+    for env in envs {
+        ctx.listener.environment_applied(env);
+    }
+    publish_label_keys(ctx, &keys);
+    ctx.listener.environments_listed(&present);
+    tracing::info!(
+        count = present.len(),
+        "KosliEnvironments read from the environments file"
+    );
+}
+
 /// Tells the listener which KosliEnvironments exist.
 pub async fn watch_environments(ctx: Arc<Watches>) {
     let api: Api<KosliEnvironment> = Api::all(ctx.client.clone());
