@@ -54,7 +54,6 @@ image:
 imagePullSecrets: [{name: regcred}]
 serviceAccount:
   annotations: {eks.amazonaws.com/role-arn: "arn:aws:iam::123456789012:role/kosli"}
-  permissionScope: namespace
 reporterConfig:
   kosliOrg: acme
   httpProxy: http://proxy.example:3128
@@ -136,9 +135,22 @@ fn assert_forbidden<T: std::fmt::Debug>(
     resource: &str,
     why: &str,
 ) {
+    let account = (RELEASE_NAMESPACE, SERVICE_ACCOUNT);
+    assert_forbidden_to(account, result, verb, group, resource, why);
+}
+
+/// As [`assert_forbidden`], for the ServiceAccount `(namespace, name)`.
+fn assert_forbidden_to<T: std::fmt::Debug>(
+    (namespace, name): (&str, &str),
+    result: Result<T, kube::Error>,
+    verb: &str,
+    group: &str,
+    resource: &str,
+    why: &str,
+) {
     let (code, message) = api_error(result);
     let reason = format!(
-        "User \"system:serviceaccount:{RELEASE_NAMESPACE}:{SERVICE_ACCOUNT}\" \
+        "User \"system:serviceaccount:{namespace}:{name}\" \
          cannot {verb} resource \"{resource}\" in API group \"{group}\""
     );
     assert!(
@@ -187,6 +199,10 @@ async fn every_values_set_renders_manifests_that_validate_and_the_apiserver_acce
     let admin = env.client().await;
     apply_crd(&admin).await;
     ensure_namespace(&admin, RELEASE_NAMESPACE).await;
+    // examples/values/namespace-scope.yaml puts Roles in the namespaces it watches.
+    for watched in ["shop", "payments"] {
+        ensure_namespace(&admin, watched).await;
+    }
     let dir = tempfile::tempdir().unwrap();
     let everything = write_values(dir.path(), "everything-on.yaml", EVERYTHING_ON);
     let mut sets: Vec<(String, Vec<&Path>)> = vec![("the default values".into(), vec![])];
@@ -748,18 +764,17 @@ fn rbac_is_least_privilege_as_rendered() {
         "get only, never list or watch: {pull_grants:?}"
     );
 
-    // permissionScope "namespace": pods only in the watched namespaces.
+    // permissionScope "namespace": no cluster-wide right at all; pods only in
+    // the watched namespaces.
     let values = write_values(
         dir.path(),
         "scoped.yaml",
-        "serviceAccount: {permissionScope: namespace}\nreporterConfig: {watchNamespaces: [shop, payments]}\n",
+        "serviceAccount: {permissionScope: namespace}\nreporterConfig: {watchNamespaces: [shop, payments], \
+         environments: [{name: shop, namespaces: [shop, payments]}]}\n",
     );
     let scoped = render("rel", "ops", &[&values], &[]);
-    assert!(
-        !grants(only(&scoped, "ClusterRole"))
-            .iter()
-            .any(|(_, r, _, _)| r == "pods")
-    );
+    let kinds = kinds(&scoped);
+    assert!(!kinds.iter().any(|k| k.starts_with("Cluster")), "{kinds:?}");
     let pod_roles: Vec<&str> = all(&scoped, "Role")
         .into_iter()
         .filter(|r| r.name().ends_with("-pods"))
@@ -1240,6 +1255,164 @@ reporterConfig:
     );
 }
 
+/// `permissionScope: namespace`, as a team without cluster-wide rights
+/// installs it: the operator container runs as the chart's own ServiceAccount
+/// with nothing but the rendered Roles, reads its environments from the
+/// rendered ConfigMap, reports the pods of its namespaces and nothing else,
+/// and leads through its Lease; no ClusterRole is rendered at all.
+#[tokio::test]
+async fn permission_scope_namespace_reports_with_roles_only() {
+    let env = TestEnv::get();
+    let admin = env.client().await;
+    let id = unique("nsscope");
+    let release = unique("nsscope-rel");
+    let (shop, payments, elsewhere) = (unique("ns-shop"), unique("ns-pay"), unique("ns-other"));
+    for ns in [&release, &shop, &payments, &elsewhere] {
+        ensure_namespace(&admin, ns).await;
+    }
+    let fake = FakeKosli::start().await;
+    let kosli_env = format!("{id}-prod");
+    fake.add_environment(&kosli_env, "K8S");
+    let dir = tempfile::tempdir().unwrap();
+    let values = write_values(
+        dir.path(),
+        "values.yaml",
+        &format!(
+            r#"
+serviceAccount: {{name: {id}, permissionScope: namespace}}
+kosliApiToken: {{secretName: {id}-token, secretKey: api-token}}
+leaderElection: {{leaseName: {id}}}
+reporterConfig:
+  kosliOrg: {ORG}
+  kosliHost: {host}
+  watchNamespaces: [{shop}, {payments}]
+  environments:
+    - name: {kosli_env}
+      namespaces: [{shop}, {payments}]
+      gate: {{mode: "Off"}}
+"#,
+            host = fake.url
+        ),
+    );
+    let docs = render(&id, &release, &[&values], &[]);
+    let rendered = kinds(&docs);
+    for absent in ["ClusterRole", "ClusterRoleBinding", "KosliEnvironment"] {
+        assert!(
+            !rendered.iter().any(|k| k == absent),
+            "{absent}: {rendered:?}"
+        );
+    }
+    let deployment = only(&docs, "Deployment");
+    let args = args_of(deployment);
+    for expected in [
+        "--environments-file=/etc/kosli-operator/environments/environments.yaml".to_owned(),
+        format!("--watch-namespaces={shop},{payments}"),
+    ] {
+        assert!(args.contains(&expected), "{expected}: {args:?}");
+    }
+    assert!(
+        !args.iter().any(|a| a.starts_with("--environment-selector")),
+        "{args:?}"
+    );
+
+    // What `helm install` creates, but the Deployment (no kubelet here), and the
+    // token Secret; all of it in namespaces of this test only.
+    let secret: Secret = serde_json::from_value(json!({
+        "metadata": {"name": format!("{id}-token"), "namespace": release},
+        "stringData": {"api-token": TOKEN},
+    }))
+    .unwrap();
+    Api::<Secret>::namespaced(admin.clone(), &release)
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap();
+    let applied: Vec<&Doc> = docs
+        .iter()
+        .filter(|d| ["ServiceAccount", "Role", "RoleBinding", "ConfigMap"].contains(&d.kind()))
+        .collect();
+    let output = kubectl(&env.kubeconfig, &["apply", "-f", "-"], &joined(&applied));
+    assert!(output.status.success(), "{}", text(&output));
+    let sa_kubeconfig = support::testenv::token_kubeconfig(&admin, &release, &id, dir.path()).await;
+    let sa = client_for(&sa_kubeconfig).await;
+    let account = (release.as_str(), id.as_str());
+    for (result, resource) in [
+        (
+            Api::<Pod>::all(sa.clone())
+                .list(&ListParams::default())
+                .await
+                .map(drop),
+            "pods",
+        ),
+        (
+            Api::<Namespace>::all(sa.clone())
+                .list(&ListParams::default())
+                .await
+                .map(drop),
+            "namespaces",
+        ),
+    ] {
+        assert_forbidden_to(
+            account,
+            result,
+            "list",
+            "",
+            resource,
+            "no cluster-wide right",
+        );
+    }
+    assert_forbidden_to(
+        account,
+        Api::<KosliEnvironment>::all(sa.clone())
+            .list(&ListParams::default())
+            .await,
+        "list",
+        "kosli.com",
+        "koslienvironments",
+        "no cluster-wide right",
+    );
+
+    let web = RunningContainer::pulled("web", "docker.io/library/nginx:1.27", NGINX);
+    for ns in [&shop, &payments, &elsewhere] {
+        running_pod(&admin, ns, "web-1", &[], std::slice::from_ref(&web)).await;
+    }
+    let pod_name = format!("{id}-7d9f8b6c5-x2x4z");
+    let mut op = ChartPod::start(deployment, &admin, &sa_kubeconfig, &pod_name).await;
+    op.wait_ready().await;
+    let report = eventually(SECONDS, "a report of both namespaces", || async {
+        fake.reports(&kosli_env)
+            .last()
+            .filter(|r| r["artifacts"].as_array().is_some_and(|a| a.len() == 2))
+            .cloned()
+    })
+    .await;
+    let mut namespaces: Vec<String> = report["artifacts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["namespace"].as_str().unwrap().to_owned())
+        .collect();
+    namespaces.sort();
+    let mut expected = vec![shop.clone(), payments.clone()];
+    expected.sort();
+    assert_eq!(namespaces, expected, "{report}");
+
+    let lease = Api::<Lease>::namespaced(admin.clone(), &release)
+        .get(&id)
+        .await
+        .unwrap();
+    let holder = lease.spec.unwrap().holder_identity.unwrap();
+    assert!(holder.starts_with(&pod_name), "{holder}");
+    let log = op.log();
+    assert!(
+        !log.to_lowercase().contains("forbidden"),
+        "the Roles refused the operator something:\n{log}"
+    );
+    assert!(
+        log.contains("KosliEnvironments read from the environments file"),
+        "{log}"
+    );
+}
+
 #[tokio::test]
 async fn environments_from_values_carry_over_a_k8s_reporter_list() {
     let env = TestEnv::get();
@@ -1406,7 +1579,44 @@ reporterConfig:
     refused(
         &[],
         "reporterConfig:\n  environments:\n    - name: prod\n      gate: {mode: Off}\n",
-        "mode: Invalid type. Expected: string, given: boolean",
+        "reporterConfig.environments[0] (prod): gate.mode is the boolean false: YAML reads an \
+         unquoted Off as false; write mode: \"Off\" (quoted)",
+    );
+    refused(
+        &[],
+        "reporterConfig:\n  environments:\n    - name: prod\n      gate: {mode: On}\n",
+        "mode must be one of the following",
+    );
+    // permissionScope "namespace": what needs a cluster-wide right is refused.
+    let scoped = "serviceAccount: {permissionScope: namespace}\nreporterConfig:\n  watchNamespaces: [shop]\n";
+    refused(
+        &[],
+        scoped,
+        "reports the environments of reporterConfig.environments only: list at least one",
+    );
+    refused(
+        &[],
+        &format!(
+            "{scoped}  environments:\n    - name: prod\n      namespaces: [shop]\n      \
+             namespaceSelector: {{matchLabels: {{tier: prod}}}}\n"
+        ),
+        "namespaceSelector needs namespace labels, which only cluster-wide rights can read",
+    );
+    refused(
+        &[],
+        &format!(
+            "{scoped}  environmentSelector: {{shard: a}}\n  environments:\n    - name: prod\n      \
+             namespaces: [shop]\n"
+        ),
+        "reporterConfig.environmentSelector picks KosliEnvironment objects in the cluster",
+    );
+    refused(
+        &[],
+        &format!(
+            "{scoped}  environments:\n    - name: prod\n      namespaces: [shop]\n\
+             gate: {{enabled: true, pullSecrets: true}}\n"
+        ),
+        "list the namespaces whose pull secrets the gate may read in gate.pullSecretNamespaces",
     );
     refused(
         &[],

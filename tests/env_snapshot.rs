@@ -10,7 +10,6 @@ mod support;
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::authentication::v1::TokenRequest;
 use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::Client;
@@ -314,40 +313,22 @@ async fn grant_pod_list_to(client: &Client, namespace: &str, subject: Value) {
         .unwrap();
 }
 
-/// A kubeconfig for a fresh ServiceAccount of `namespace`, with a token the
-/// API server issued for it (TokenRequest): the identity a CronJob's pod has.
+/// A kubeconfig for a fresh ServiceAccount of `namespace`: the identity a
+/// CronJob's pod has.
 async fn service_account_kubeconfig(
     client: &Client,
     namespace: &str,
     dir: &std::path::Path,
 ) -> std::path::PathBuf {
     let name = "snapshotter";
-    let accounts = Api::<ServiceAccount>::namespaced(client.clone(), namespace);
     let account: ServiceAccount =
         serde_json::from_value(json!({"metadata": {"name": name, "namespace": namespace}}))
             .unwrap();
-    accounts
+    Api::<ServiceAccount>::namespaced(client.clone(), namespace)
         .create(&PostParams::default(), &account)
         .await
         .unwrap();
-    let request: TokenRequest =
-        serde_json::from_value(json!({"spec": {"audiences": [], "expirationSeconds": 600}}))
-            .unwrap();
-    let token = accounts
-        .create_token_request(name, &PostParams::default(), &request)
-        .await
-        .unwrap()
-        .status
-        .unwrap()
-        .token
-        .unwrap();
-    // testenv-nobody's kubeconfig (server, CA) with the account's token instead.
-    let nobody = std::fs::read_to_string(&TestEnv::get().kubeconfig_nobody).unwrap();
-    let nobody_token = support::testenv::var("TESTENV_NOBODY_TOKEN");
-    assert!(nobody.contains(&nobody_token));
-    let path = dir.join("kubeconfig-sa");
-    std::fs::write(&path, nobody.replace(&nobody_token, &token)).unwrap();
-    path
+    support::testenv::token_kubeconfig(client, namespace, name, dir).await
 }
 
 /// `-n a,b` lists pods namespace by namespace: a ServiceAccount with nothing

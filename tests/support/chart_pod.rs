@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::Client;
 use kube::api::Api;
 use serde_json::Value;
@@ -14,7 +14,7 @@ use super::helm::{Doc, operator_container};
 
 /// The rendered Deployment's operator container, run as a local process the way
 /// a kubelet would run it: its args and env as rendered (the downward API filled
-/// in), its Secret volumes written from the cluster's Secrets into a directory that
+/// in), its Secret and ConfigMap volumes written from the cluster's objects into a directory that
 /// stands in for their mount paths, loopback ports instead of 0.0.0.0, and the
 /// given kubeconfig as its identity.
 pub struct ChartPod {
@@ -47,19 +47,40 @@ impl ChartPod {
         for mount in container["volumeMounts"].as_array().into_iter().flatten() {
             let name = mount["name"].as_str().unwrap();
             let volume = volumes[name];
-            let Some(secret) = volume.get("secret") else {
+            let (source, data): (&Value, BTreeMap<String, Vec<u8>>) = if let Some(secret) =
+                volume.get("secret")
+            {
+                let secret_name = secret["secretName"].as_str().unwrap();
+                let data = Api::<Secret>::namespaced(admin.clone(), &namespace)
+                    .get(secret_name)
+                    .await
+                    .unwrap_or_else(|e| panic!("Secret {namespace}/{secret_name} to mount: {e}"))
+                    .data
+                    .unwrap_or_default();
+                (secret, data.into_iter().map(|(k, v)| (k, v.0)).collect())
+            } else if let Some(config_map) = volume.get("configMap") {
+                let map_name = config_map["name"].as_str().unwrap();
+                let data = Api::<ConfigMap>::namespaced(admin.clone(), &namespace)
+                    .get(map_name)
+                    .await
+                    .unwrap_or_else(|e| panic!("ConfigMap {namespace}/{map_name} to mount: {e}"))
+                    .data
+                    .unwrap_or_default();
+                (
+                    config_map,
+                    data.into_iter().map(|(k, v)| (k, v.into_bytes())).collect(),
+                )
+            } else {
                 continue;
             };
-            let secret_name = secret["secretName"].as_str().unwrap();
-            let data = Api::<Secret>::namespaced(admin.clone(), &namespace)
-                .get(secret_name)
-                .await
-                .unwrap_or_else(|e| panic!("Secret {namespace}/{secret_name} to mount: {e}"))
-                .data
+            let volume_name = source
+                .get("secretName")
+                .or_else(|| source.get("name"))
+                .and_then(Value::as_str)
                 .unwrap_or_default();
             let target = dir.path().join(format!("volume-{name}"));
             std::fs::create_dir_all(&target).unwrap();
-            let items: Vec<(String, String)> = match secret["items"].as_array() {
+            let items: Vec<(String, String)> = match source["items"].as_array() {
                 Some(items) => items
                     .iter()
                     .map(|i| {
@@ -70,10 +91,9 @@ impl ChartPod {
                 None => data.keys().map(|k| (k.clone(), k.clone())).collect(),
             };
             for (key, path) in items {
-                let bytes = &data
+                let bytes = data
                     .get(&key)
-                    .unwrap_or_else(|| panic!("Secret {secret_name} has no key {key}"))
-                    .0;
+                    .unwrap_or_else(|| panic!("volume {volume_name} has no key {key}"));
                 std::fs::write(target.join(path), bytes).unwrap();
             }
             mounts.push((

@@ -267,3 +267,33 @@ pub async fn events_about(
         .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(object))
         .collect()
 }
+
+/// A kubeconfig for the existing ServiceAccount `namespace/name`, with a token
+/// the API server issued for it (TokenRequest), as a pod of it would have.
+pub async fn token_kubeconfig(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    dir: &std::path::Path,
+) -> PathBuf {
+    use k8s_openapi::api::authentication::v1::TokenRequest;
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    let request: TokenRequest =
+        serde_json::from_value(json!({"spec": {"audiences": [], "expirationSeconds": 600}}))
+            .unwrap();
+    let token = Api::<ServiceAccount>::namespaced(client.clone(), namespace)
+        .create_token_request(name, &PostParams::default(), &request)
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .token
+        .unwrap();
+    // testenv-nobody's kubeconfig (server, CA) with the account's token instead.
+    let nobody = std::fs::read_to_string(&TestEnv::get().kubeconfig_nobody).unwrap();
+    let nobody_token = var("TESTENV_NOBODY_TOKEN");
+    assert!(nobody.contains(&nobody_token));
+    let path = dir.join(format!("kubeconfig-{namespace}-{name}"));
+    std::fs::write(&path, nobody.replace(&nobody_token, &token)).unwrap();
+    path
+}

@@ -140,3 +140,8 @@ The operator takes one bundle file, so with both set gate.registryCA is used. */
 {{- fail "kosliApiToken.secretName is required (unless reporterConfig.dryRun)" }}
 {{- end }}
 {{- end }}
+
+{{/* The ConfigMap of the environments with permissionScope "namespace". */}}
+{{- define "kosli-operator.environmentsConfigMap" -}}
+{{- printf "%s-environments" (include "kosli-operator.fullname" .) | trunc 253 }}
+{{- end }}
