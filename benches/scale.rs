@@ -1668,12 +1668,12 @@ async fn run(n: usize) -> String {
         fmt_duration(r_p99),
         fmt_duration(r_p50),
         fmt_duration(r_max),
+        met(rollout_unreported == 0 && r_p99 <= ROLLOUT_P99_BUDGET),
         own.len(),
         fmt_duration(percentile(&delivery, 50.0)),
         fmt_duration(percentile(&delivery, 99.0)),
         fmt_duration(percentile(&own, 50.0)),
         fmt_duration(percentile(&own, 99.0)),
-        met(rollout_unreported == 0 && r_p99 <= ROLLOUT_P99_BUDGET),
         unreported(rollout_unreported)
     )
     .unwrap();
