@@ -143,6 +143,22 @@ impl Harness {
         self.step(Input::Changed { since })
     }
 
+    /// After a first report, the next is attempted, built and sent; the send
+    /// takes 4 s, and a change comes in 500 ms into it, untold until the send
+    /// ends. Returns when that change came in.
+    fn send_while_a_change_comes_in(&mut self) -> Instant {
+        self.first_report("a");
+        self.advance(DEBOUNCE);
+        self.changed();
+        assert_eq!(self.tick_at_wake(), vec![Effect::Build]);
+        assert_eq!(self.step(Input::Built(Some(summary("b")))), vec![send()]);
+        let came_in = self.at() + Duration::from_millis(500);
+        self.advance(Duration::from_secs(4));
+        self.sent(Ok(()));
+        self.step(Input::Compliance(None));
+        came_in
+    }
+
     /// A change, the debounce, and a build of `hash`: what the build leads to.
     fn change_and_build(&mut self, hash: &str) -> Vec<Effect> {
         self.changed();
@@ -256,17 +272,7 @@ fn a_burst_is_reported_at_its_start_and_then_by_max_debounce() {
 #[test]
 fn changes_that_came_in_during_a_send_are_due_by_when_they_came() {
     let mut h = Harness::new();
-    h.first_report("a");
-    // The next report is attempted, built and sent; the send takes 4 s, and
-    // a change comes in 500 ms into it.
-    h.advance(DEBOUNCE);
-    h.changed();
-    assert_eq!(h.tick_at_wake(), vec![Effect::Build]);
-    assert_eq!(h.step(Input::Built(Some(summary("b")))), vec![send()]);
-    let came_in = h.at() + Duration::from_millis(500);
-    h.advance(Duration::from_secs(4));
-    h.sent(Ok(()));
-    h.step(Input::Compliance(None));
+    let came_in = h.send_while_a_change_comes_in();
     // Told only now, with changes still coming: the batch is due
     // `max_debounce` after the change came in, not after it was told.
     h.step(Input::Changed { since: came_in });
@@ -283,15 +289,7 @@ fn changes_that_came_in_during_a_send_are_due_by_when_they_came() {
         },
         spec(),
     );
-    h.first_report("a");
-    h.advance(DEBOUNCE);
-    h.changed();
-    assert_eq!(h.tick_at_wake(), vec![Effect::Build]);
-    assert_eq!(h.step(Input::Built(Some(summary("b")))), vec![send()]);
-    let came_in = h.at() + Duration::from_millis(500);
-    h.advance(Duration::from_secs(4));
-    h.sent(Ok(()));
-    h.step(Input::Compliance(None));
+    let came_in = h.send_while_a_change_comes_in();
     h.step(Input::Changed { since: came_in });
     assert_eq!(
         h.machine.next_wake(),
