@@ -145,9 +145,10 @@ async fn run(args: &Args) -> String {
         out,
         "## End to end (`benches/e2e.rs`, {} pods)\n\n\
          Real kube-apiserver 1.20 + etcd and an OCI registry on loopback, the strict fake \
-         Kosli in the bench process, the release binary of the operator. Everything (API \
+         Kosli in the bench process, {}. Everything (API \
          server, etcd, operator, fake Kosli, load generator) shares the machine's {} cores.\n",
         args.pods,
+        support::binary_label(),
         std::thread::available_parallelism().map_or(0, |n| n.get())
     )
     .unwrap();

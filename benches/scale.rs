@@ -1,6 +1,7 @@
 //! The reporter at Kubernetes' largest supported size, against the real test
 //! environment (kube-apiserver 1.20 + etcd) and the strict fake Kosli, with the
-//! release binary of the operator and its default pacing:
+//! operator's binary (`hack/bench.sh` gives it the `dist` build the image
+//! ships, and the image's environment) and its default pacing:
 //!
 //! 1. 150,000 Running pods of 2 containers (50 namespaces, deployments of 20
 //!    replicas sharing labels, owner and images; realistic objects with
@@ -1565,11 +1566,12 @@ async fn run(n: usize) -> String {
     let mut out = String::new();
     let cores = std::thread::available_parallelism().map_or(0, |c| c.get());
     let per_pod_json = json_bytes as f64 / n as f64;
+    let binary = support::binary_label();
     writeln!(
         out,
         "## At {n} pods (`benches/scale.rs`)\n\n\
-         Real kube-apiserver 1.20 + etcd on loopback, the strict fake Kosli in the bench process, the \
-         release binary of the operator with its defaults (`--debounce 1s`, `--max-debounce 2s`). \
+         Real kube-apiserver 1.20 + etcd on loopback, the strict fake Kosli in the bench process, \
+         {binary} with its defaults (`--debounce 1s`, `--max-debounce 2s`). \
          Everything (API server, etcd, operator, fake Kosli, load generator) shares the machine's {cores} \
          cores. {n} Running pods of 2 containers in {NAMESPACES} namespaces, {} deployments of \
          {REPLICAS} replicas sharing labels, owner and images (every 25th pinned by digest), each pod \

@@ -5,11 +5,14 @@ pub mod chart_pod;
 pub mod fake_kosli;
 pub mod helm;
 pub mod hostile_registry;
+pub mod image_env;
 pub mod operator;
 pub mod setup;
 pub mod testenv;
 pub mod tools;
 pub mod webhook;
+
+pub use image_env::image_env;
 
 use std::path::PathBuf;
 use std::process::{Command, Output};
@@ -21,6 +24,31 @@ pub fn binary() -> PathBuf {
         || PathBuf::from(env!("CARGO_BIN_EXE_kosli-operator")),
         PathBuf::from,
     )
+}
+
+/// Which build of the operator [`binary`] is, and the environment benchmarks
+/// give it (see [`operator::Operator::start_default_pacing`]), for their
+/// reports: the build profile is the name of the directory cargo put it in.
+pub fn binary_label() -> String {
+    let path = binary();
+    let profile = path
+        .parent()
+        .and_then(|dir| dir.file_name())
+        .and_then(|name| name.to_str());
+    let build = match profile {
+        Some("dist") => "the `dist` build of the operator (as the image ships it)".to_owned(),
+        Some("release") => "the release build of the operator".to_owned(),
+        _ => format!("the operator binary `{}`", path.display()),
+    };
+    let env: Vec<String> = image_env()
+        .into_iter()
+        .map(|(name, value)| format!("`{name}={value}`"))
+        .collect();
+    if env.is_empty() {
+        build
+    } else {
+        format!("{build}, run with the image's {}", env.join(", "))
+    }
 }
 
 /// A file of the repository.

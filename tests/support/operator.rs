@@ -29,11 +29,12 @@ impl Operator {
     ) -> Self {
         let mut args = vec!["--debounce", "200ms", "--max-debounce", "2s"];
         args.extend_from_slice(extra);
-        Self::start_default_pacing(kubeconfig, fake, selector, lease, &args, env)
+        Self::spawn(kubeconfig, fake, selector, lease, &args, env, &[])
     }
 
     /// As `start`, with the operator's own defaults (`--debounce 1s`,
-    /// `--max-debounce 2s`), as benchmarks need.
+    /// `--max-debounce 2s`) and the environment the image gives it (see
+    /// [`super::image_env`]): benchmarks measure the operator as it ships.
     pub fn start_default_pacing(
         kubeconfig: &Path,
         fake: &FakeKosli,
@@ -41,6 +42,19 @@ impl Operator {
         lease: &str,
         extra: &[&str],
         env: &[(&str, &str)],
+    ) -> Self {
+        let image_env = super::image_env();
+        Self::spawn(kubeconfig, fake, selector, lease, extra, env, &image_env)
+    }
+
+    fn spawn(
+        kubeconfig: &Path,
+        fake: &FakeKosli,
+        selector: &str,
+        lease: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+        image_env: &[(String, String)],
     ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("operator.log");
@@ -66,6 +80,7 @@ impl Operator {
         .env("KOSLI_HOST", &fake.url)
         .env("KOSLI_ORG", ORG)
         .env("KOSLI_API_TOKEN", TOKEN)
+        .envs(image_env.iter().map(|(k, v)| (k, v)))
         .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(std::fs::File::create(dir.path().join("stdout.log")).unwrap())
