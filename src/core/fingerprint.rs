@@ -27,7 +27,10 @@ static DOMAIN: LazyLock<Regex> = LazyLock::new(|| {
 });
 static PATH_COMPONENT: LazyLock<Regex> =
     LazyLock::new(|| anchored(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"));
-static TAG: LazyLock<Regex> = LazyLock::new(|| anchored(r"[\w][\w.-]{0,127}"));
+// ASCII, as in the reference grammar: the regex crate's `\w` is any Unicode
+// word character, which would pass tags registries refuse, and its 128-fold
+// repetition compiled to a 15 MB program, 8 MB of it held for good.
+static TAG: LazyLock<Regex> = LazyLock::new(|| anchored(r"[a-zA-Z0-9_][a-zA-Z0-9_.-]{0,127}"));
 static DIGEST_ALGORITHM: LazyLock<Regex> =
     LazyLock::new(|| anchored(r"[a-z0-9]+(?:[.+_-][a-z0-9]+)*"));
 
@@ -434,6 +437,9 @@ mod tests {
             "Nginx",
             "nginx:",
             "nginx:-bad",
+            "nginx:vé",
+            "nginx:\u{ff11}",
+            "nginx:.hidden",
             "nginx@sha256:short",
             "nginx@md5:0123",
             "reg.io/UPPER/app",
@@ -445,6 +451,17 @@ mod tests {
         }
         let long = format!("reg.io/{}", "a".repeat(260));
         assert!(ImageRef::parse(&long).is_err());
+        let long_tag = format!("app:{}", "a".repeat(129));
+        assert!(ImageRef::parse(&long_tag).is_err());
+    }
+
+    #[test]
+    fn tags_are_the_grammar_s_ascii_words() {
+        for good in ["app:v1.2_3-rc", "app:_x", "app:Latest", "app:1"] {
+            assert!(ImageRef::parse(good).is_ok(), "{good:?} should be accepted");
+        }
+        let longest = format!("app:{}", "a".repeat(128));
+        assert!(ImageRef::parse(&longest).is_ok());
     }
 
     #[test]
