@@ -365,25 +365,28 @@ fn memory_rows() -> Vec<String> {
     // added between the two sizes. The average at 10k pods also carries what
     // the store costs whatever its size (its tables, the allocator's arenas).
     let (small, large) = (10_000usize, 150_000usize);
-    let mut rows = Vec::new();
-    let mut compact_total = Vec::new();
-    for n in [small, large] {
+    let row = |n: usize| {
         let compact = measure("compact", n);
         let full = measure("full", n);
-        compact_total.push(compact * n as f64);
-        rows.push(format!(
+        let text = format!(
             "| {n} pods held | the reporter's store: {:.0} B per pod | full `Pod` objects: {:.0} B per pod ({:.0}x) | |",
             compact,
             full,
             full / compact,
-        ));
-    }
-    let marginal = (compact_total[1] - compact_total[0]) / (large - small) as f64;
-    rows.push(format!(
-        "| each pod added, {small} to {large} pods | the reporter's store: {marginal:.0} B | | <= 1 KiB per pod: {} |",
-        verdict(marginal <= 1024.0)
-    ));
-    rows
+        );
+        (compact * n as f64, text)
+    };
+    let (small_total, small_row) = row(small);
+    let (large_total, large_row) = row(large);
+    let marginal = (large_total - small_total) / (large - small) as f64;
+    vec![
+        small_row,
+        large_row,
+        format!(
+            "| each pod added, {small} to {large} pods | the reporter's store: {marginal:.0} B | | <= 1 KiB per pod: {} |",
+            verdict(marginal <= 1024.0)
+        ),
+    ]
 }
 
 /// Runs this benchmark again under the variables the image sets for the

@@ -15,10 +15,17 @@ pub fn image_env() -> Vec<(String, String)> {
         .lines()
         .filter_map(|line| line.strip_prefix("ENV "))
         .map(|assignment| {
-            let (name, value) = assignment
-                .split_once('=')
-                .unwrap_or_else(|| panic!("Dockerfile: ENV {assignment}: expected NAME=value"));
-            (name.trim().to_owned(), value.trim().to_owned())
+            // Only the plain form is read: a quoted value or several pairs
+            // on one line would otherwise be passed on as something else.
+            let plain = assignment.split_once('=').filter(|(name, value)| {
+                !name.is_empty()
+                    && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                    && !value.contains(['"', '\'', ' ', '\\'])
+            });
+            let (name, value) = plain.unwrap_or_else(|| {
+                panic!("Dockerfile: ENV {assignment}: write one unquoted NAME=value per line")
+            });
+            (name.to_owned(), value.trim_end().to_owned())
         })
         .collect()
 }
